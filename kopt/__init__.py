@@ -1,0 +1,33 @@
+"""kopt: model optimization for Keras 3.
+
+Pruning (`kopt.sparsity`) with tensorflow-model-optimization's API, for Keras 3
+models. Submodules are imported on first use, so `import kopt` is cheap and
+changes nothing: no environment variables, no Keras version switching.
+
+Example:
+
+```python
+import kopt
+pruned = kopt.sparsity.prune_low_magnitude(model)
+```
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("sparsity",)
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"kopt.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'kopt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,1 @@
+"""Helpers every kopt technique shares: model rewriting and layer walking."""

@@ -1,0 +1,109 @@
+"""Callbacks for pruning: `UpdatePruningStep` (required) and `PruningSummaries` (TensorBoard)."""
+
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from kopt._keras.clone import walk_layers
+from kopt.sparsity.wrapper import PruneLowMagnitude
+
+
+def collect_pruned_layers(model):
+    """All `PruneLowMagnitude` layers of `model`, including those in nested models."""
+    return [layer for layer in walk_layers(model) if isinstance(layer, PruneLowMagnitude)]
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Drives pruning during `fit`: required whenever a pruned model is trained.
+
+    At the start of training it sets the pruning step of freshly pruned layers
+    to 0 (a model loaded from a file keeps its saved step, so training resumes
+    where it stopped). The step then advances in each training step, inside the
+    compiled train function. At the end of every epoch it writes
+    `weight * mask` into the weights, so a model saved then is sparse.
+
+    Example:
+
+    ```python
+    pruned.fit(x, y, epochs=2, callbacks=[kopt.sparsity.UpdatePruningStep()])
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.prunable_layers = []
+
+    def on_train_begin(self, logs=None):
+        self.prunable_layers = collect_pruned_layers(self.model)
+        for layer in self.prunable_layers:
+            if not layer.built:
+                continue
+            if int(ops.convert_to_numpy(layer.pruning_step)) < 0:
+                layer.pruning_step.assign(0)
+            layer._step_callback_attached = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        for layer in self.prunable_layers:
+            if layer.built:
+                layer.apply_masks()
+
+
+class PruningSummaries(keras.callbacks.TensorBoard):
+    """TensorBoard callback that also logs pruning: sparsity per pruned weight and the step.
+
+    Scalars are written under `<log_dir>/metrics` at the end of every epoch:
+    `<layer>/<weight>/sparsity` (fraction of zeros in the mask) and
+    `pruning_step`. All other arguments are those of `keras.callbacks.TensorBoard`.
+
+    Args:
+        log_dir: directory for the event files (a non-empty string or path).
+        update_freq: as in `keras.callbacks.TensorBoard` ("epoch" by default).
+        **kwargs: passed to `keras.callbacks.TensorBoard`.
+
+    Example:
+
+    ```python
+    pruned.fit(x, y, callbacks=[kopt.sparsity.UpdatePruningStep(),
+                                kopt.sparsity.PruningSummaries(log_dir="logs")])
+    ```
+    """
+
+    def __init__(self, log_dir, update_freq="epoch", **kwargs):
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(f"`log_dir` must be a non-empty string or path, got {log_dir!r}.")
+        super().__init__(log_dir=str(log_dir), update_freq=update_freq, **kwargs)
+        self._pruning_writer = None
+
+    def _pruning_logs(self):
+        logs, step = {}, None
+        for layer in collect_pruned_layers(self.model):
+            if not layer.built:
+                continue
+            for mask, label in zip(layer.masks, layer.weight_labels):
+                logs[f"{layer.layer.name}/{label}/sparsity"] = 1.0 - float(np.mean(ops.convert_to_numpy(mask)))
+            step = int(ops.convert_to_numpy(layer.pruning_step))
+        if step is not None:
+            logs["pruning_step"] = float(step)
+        return logs, step
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        import tensorflow as tf  # TensorBoard summaries are written with TensorFlow.
+
+        pruning_logs, step = self._pruning_logs()
+        if not pruning_logs:
+            return
+        if self._pruning_writer is None:
+            self._pruning_writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
+        with self._pruning_writer.as_default():
+            for name, value in pruning_logs.items():
+                tf.summary.scalar(name, value, step=max(step, 0))
+        self._pruning_writer.flush()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._pruning_writer is not None:
+            self._pruning_writer.close()
+            self._pruning_writer = None
