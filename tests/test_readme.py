@@ -1,0 +1,35 @@
+"""The README's quickstart and .ci/run stay in step; `import kopt` has no side effects."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _quickstart_commands():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", readme, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_quickstart_has_two_commands_and_ci_runs_the_test_one():
+    commands = _quickstart_commands()
+    assert len(commands) == 2
+    assert "kopt demo" in commands[0]
+    assert "pytest" in commands[1]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_import_kopt_has_no_side_effects():
+    code = (
+        "import os, sys; before = dict(os.environ); import kopt; "
+        "assert dict(os.environ) == before, 'environment changed'; "
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'; "
+        "import kopt.sparsity; assert dict(os.environ) == before; "
+        "import keras; assert keras.__version__.startswith('3.')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
