@@ -57,9 +57,20 @@ def rewrite_model(model, layer_fn):
     def clone_function(layer):
         if isinstance(layer, keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
+        if is_graph_model(layer):
+            return rewrite_model(layer, layer_fn)
         return layer_fn(layer)
 
-    return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    input_tensors = None
+    if isinstance(model, Functional):
+        # Keep the input layers' names (Keras would name them after their tensors).
+        input_tensors = keras.tree.map_structure(
+            lambda t: keras.Input(
+                batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t._keras_history.operation.name
+            ),
+            model.input,
+        )
+    return keras.models.clone_model(model, input_tensors=input_tensors, clone_function=clone_function)
 
 
 def walk_layers(model):

@@ -67,9 +67,10 @@ def _two_ints(value, name, example):
 
 def _weight_label(layer, weight):
     """'kernel' for a Dense, 'query/kernel' for a MultiHeadAttention's query kernel."""
-    path = weight.path
-    marker = f"{layer.name}/"
-    return path.split(marker, 1)[1] if marker in path else weight.name
+    parts = weight.path.split("/")
+    if layer.name in parts[:-1]:
+        return "/".join(parts[parts.index(layer.name) + 1:])
+    return weight.name
 
 
 @keras.saving.register_keras_serializable(package="kopt")
