@@ -38,11 +38,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.prunable_layers = collect_pruned_layers(self.model)
         for layer in self.prunable_layers:
-            if not layer.built:
-                continue
-            if int(ops.convert_to_numpy(layer.pruning_step)) < 0:
-                layer.pruning_step.assign(0)
             layer._step_callback_attached = True
+            # Layers of a model that is not built yet get their weights (step -1) in the first step,
+            # which counts from 0 all the same (see PruneLowMagnitude.update_masks).
+            if layer.built and int(ops.convert_to_numpy(layer.pruning_step)) < 0:
+                layer.pruning_step.assign(0)
 
     def on_epoch_end(self, epoch, logs=None):
         for layer in self.prunable_layers:

@@ -121,8 +121,8 @@ def _prune_model(model, params):
 def _copy_wrapper(wrapper):
     """Copies an already-pruned layer with its masks, thresholds and step."""
     new = PruneLowMagnitude.from_config(wrapper.get_config())
-    new.layer.build_from_config(wrapper.layer.get_build_config())
-    new.layer.set_weights(wrapper.layer.get_weights())
+    if not new.layer.built:  # Keras deserialization usually builds it from its build_config already
+        new.layer.build_from_config(wrapper.layer.get_build_config())
     new.build()
     new.set_weights(wrapper.get_weights())
     return new

@@ -38,12 +38,9 @@ def get_sparsity(model):
             for weight, mask, label in zip(layer._pruned_weights, layer.masks, layer.weight_labels):
                 value = ops.convert_to_numpy(weight * ops.cast(mask, weight.dtype))
                 result[f"{layer.layer.name}/{label}"] = float(np.mean(value == 0))
-        elif registry.is_prunable(layer) and layer.built and not _inside_wrapper(layer, layers):
+        elif registry.is_prunable(layer) and layer.built:
             for weight in registry.get_prunable_weights(layer):
                 value = ops.convert_to_numpy(weight)
                 result[f"{layer.name}/{_weight_label(layer, weight)}"] = float(np.mean(value == 0))
     return result
 
-
-def _inside_wrapper(layer, layers):
-    return any(isinstance(other, PruneLowMagnitude) and other.layer is layer for other in layers)

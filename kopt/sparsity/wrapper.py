@@ -220,7 +220,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def update_masks(self):
         """Advances the pruning step and recomputes the masks if the schedule says so."""
-        self.pruning_step.assign(self.pruning_step + 1)
+        self.pruning_step.assign(ops.maximum(self.pruning_step, 0) + 1)
         if self.sparsity_m_by_n is not None:
             should_prune = ops.equal(self.pruning_step, 1)  # m-by-n masks are set once, as in tfmot.
         else:

@@ -212,3 +212,38 @@ def test_weight_shape_that_does_not_allow_the_structure(layer, input_shape, kwar
     model = keras.Sequential([keras.Input(input_shape), layer])
     with pytest.raises(ValueError, match=match):
         sparsity.prune_low_magnitude(model, **kwargs)
+
+
+def test_unbuilt_sequential_model():
+    model = keras.Sequential([L.Dense(8, name="a"), L.Dense(3, name="b")])  # no Input: built in fit
+    pruned = sparsity.prune_low_magnitude(model, pruning_schedule=ONE_SHOT)
+    _fit(pruned, np.random.rand(24, 12).astype("float32"), np.random.rand(24, 3).astype("float32"))
+    assert sparsity.get_sparsity(pruned) == {"a/kernel": 0.5, "b/kernel": 0.5}
+    assert int(ops.convert_to_numpy(pruned.layers[0].pruning_step)) == 3  # counted from 0 like a built model
+
+
+def test_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((12,)), L.Dense(8, name="a"), L.Dense(3, name="b", dtype="float32")])
+        pruned = sparsity.prune_low_magnitude(model, pruning_schedule=ONE_SHOT)
+        assert pruned.layers[0].masks[0].dtype == "float32"  # masks follow the variable dtype
+        _fit(pruned, np.random.rand(24, 12).astype("float32"), np.random.rand(24, 3).astype("float32"))
+        assert sparsity.get_sparsity(pruned) == {"a/kernel": 0.5, "b/kernel": 0.5}
+        x = np.random.rand(8, 12).astype("float32")
+        stripped = sparsity.strip_pruning(pruned)
+        np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=5e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_model_with_an_already_pruned_layer_keeps_its_masks():
+    pruned_layer = sparsity.prune_low_magnitude(L.Dense(6, name="done"), pruning_schedule=ONE_SHOT)
+    model = keras.Sequential([keras.Input((10,)), pruned_layer, L.Dense(2, name="todo")])
+    _fit(model, np.random.rand(24, 10).astype("float32"), np.random.rand(24, 2).astype("float32"))
+    again = sparsity.prune_low_magnitude(model, pruning_schedule=sparsity.ConstantSparsity(0.9, 0, frequency=1))
+    assert [type(layer).__name__ for layer in again.layers] == ["PruneLowMagnitude", "PruneLowMagnitude"]
+    kept = again.layers[0]
+    assert kept is not pruned_layer and kept.pruning_schedule == ONE_SHOT
+    np.testing.assert_array_equal(ops.convert_to_numpy(kept.masks[0]), ops.convert_to_numpy(pruned_layer.masks[0]))
+    assert int(ops.convert_to_numpy(kept.pruning_step)) == 3
