@@ -6,8 +6,8 @@ Example:
 import kopt
 pruned = kopt.sparsity.prune_low_magnitude(
     model, pruning_schedule=kopt.sparsity.PolynomialDecay(0.0, 0.8, 0, 1000))
-pruned.compile(...)
-pruned.fit(x, y, callbacks=[kopt.sparsity.UpdatePruningStep()])
+pruned.compile(optimizer="adam", loss="mse")
+pruned.fit(x, y, epochs=1, callbacks=[kopt.sparsity.UpdatePruningStep()])
 final = kopt.sparsity.strip_pruning(pruned)
 ```
 """

@@ -1,0 +1,52 @@
+"""Every `Example:` block in the public API's docstrings runs."""
+
+import inspect
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import kopt
+import kopt.datasets
+import kopt.demo
+from kopt import sparsity
+
+
+def _public_objects():
+    objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
+    for name in sparsity.__all__:
+        objects[f"kopt.sparsity.{name}"] = getattr(sparsity, name)
+    objects["kopt.sparsity"] = sparsity
+    return objects
+
+
+EXAMPLES = [
+    (name, block)
+    for name, obj in _public_objects().items()
+    for block in re.findall(r"```python\n(.*?)```", inspect.getdoc(obj) or "", re.S)
+]
+
+
+def _namespace():
+    """What the examples assume exists: a small model `model`, a pruned copy `pruned`, data `x`, `y`."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(2)])
+    pruned = sparsity.prune_low_magnitude(model, pruning_schedule=sparsity.ConstantSparsity(0.8, 0, frequency=1))
+    pruned.compile("adam", "mse")
+    x, y = np.random.rand(16, 8).astype("float32"), np.random.rand(16, 2).astype("float32")
+    pruned.fit(x, y, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    return {"np": np, "keras": keras, "kopt": kopt, "model": model, "pruned": pruned, "pruned_model": pruned,
+            "x": x, "y": y}
+
+
+def test_every_public_name_has_an_example():
+    documented = {name for name, _ in EXAMPLES}
+    missing = [n for n in _public_objects() if n not in documented]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name, code", EXAMPLES, ids=[n for n, _ in EXAMPLES])
+def test_example_runs(name, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = _namespace()
+    exec(compile(code, f"<example of {name}>", "exec"), namespace)
