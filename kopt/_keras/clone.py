@@ -37,40 +37,54 @@ def copy_layer(layer, weights=None):
     return new
 
 
-def rewrite_model(model, layer_fn):
+def _input_name(tensor):
+    return tensor._keras_history.operation.name
+
+
+def rewrite_model(model, layer_fn, after_input=None):
     """Clones a Sequential/Functional model, replacing each layer by `layer_fn(layer)`.
 
-    Nested Sequential/Functional models are rewritten recursively; a layer used
-    several times is rewritten once and stays shared in the result.
+    Nested Sequential/Functional models are rewritten recursively (without
+    `after_input`); a layer used several times is rewritten once and stays
+    shared in the result. The result is not compiled.
 
     Args:
         model: a Sequential or Functional `keras.Model`.
-        layer_fn: callable taking a (non-model, or subclassed-model) layer and
-            returning the layer to use in its place. It must not return the
-            same instance for layers it wants detached from `model`; use
-            `copy_layer` for those.
+        layer_fn: callable taking a layer (not a Sequential/Functional model)
+            and returning the layer to use in its place; use `copy_layer` for
+            layers that stay as they are, so the result shares no variables
+            with `model`.
+        after_input: optional callable returning a new layer to insert right
+            after each input of the top-level model (e.g. an input quantizer).
 
     Returns:
-        A new model of the same kind and name; not compiled.
+        A new model of the same kind and name.
     """
+    cache = {}
 
-    def clone_function(layer):
-        if isinstance(layer, keras.layers.InputLayer):
-            return layer.__class__.from_config(layer.get_config())
-        if is_graph_model(layer):
-            return rewrite_model(layer, layer_fn)
-        return layer_fn(layer)
+    def clone(layer):
+        if id(layer) not in cache:
+            cache[id(layer)] = rewrite_model(layer, layer_fn) if is_graph_model(layer) else layer_fn(layer)
+        return cache[id(layer)]
 
-    input_tensors = None
-    if isinstance(model, Functional):
-        # Keep the input layers' names (Keras would name them after their tensors).
-        input_tensors = keras.tree.map_structure(
-            lambda t: keras.Input(
-                batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=t._keras_history.operation.name
-            ),
-            model.input,
-        )
-    return keras.models.clone_model(model, input_tensors=input_tensors, clone_function=clone_function)
+    if isinstance(model, keras.Sequential):
+        head = []
+        first = model._layers[0] if model._layers else None
+        if isinstance(first, keras.layers.InputLayer):
+            head.append(keras.Input(batch_shape=first.batch_shape, dtype=first.dtype, name=first.name))
+        if after_input is not None:
+            head.append(after_input())
+        return keras.Sequential(head + [clone(layer) for layer in model.layers], name=model.name)
+
+    if not isinstance(model, Functional):
+        raise ValueError(f"Expected a Sequential or Functional model, got {type(model).__name__}.")
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse, name=_input_name(t)),
+        model.input,
+    )
+    feed = inputs if after_input is None else keras.tree.map_structure(lambda t: after_input()(t), inputs)
+    outputs = model._run_through_graph(feed, operation_fn=clone)
+    return Functional(inputs, outputs, name=model.name)
 
 
 def walk_layers(model):
@@ -79,3 +93,28 @@ def walk_layers(model):
         yield layer
         if isinstance(layer, keras.Model):
             yield from walk_layers(layer)
+
+
+def consumers(model):
+    """Maps `id(layer)` to the layers of `model` that take its output (one level, no nesting).
+
+    Args:
+        model: a built Sequential or Functional model.
+
+    Returns:
+        A dict from `id(layer)` to a list of layers (a layer appears once per use).
+    """
+    result = {}
+    layers = model.layers
+    if isinstance(model, keras.Sequential):
+        for producer, consumer in zip(layers, layers[1:]):
+            result.setdefault(id(producer), []).append(consumer)
+        return result
+    known = {id(layer) for layer in layers}
+    for layer in layers:
+        for node in layer._inbound_nodes:
+            for tensor in keras.tree.flatten((node.arguments.args, node.arguments.kwargs)):
+                history = getattr(tensor, "_keras_history", None)
+                if history is not None and id(history.operation) in known:
+                    result.setdefault(id(history.operation), []).append(layer)
+    return result
