@@ -70,11 +70,20 @@ class WeightQuantizer(Quantizer):
 
     def build(self, layer, shape, name):
         channels = self._channels(shape)
-        return {
-            "max": layer.add_weight(
-                name=f"{name}_max", shape=channels, initializer="ones", trainable=False, aggregation="mean"
-            ),
-        }
+
+        def var(suffix, value):
+            return layer.add_weight(
+                name=f"{name}_{suffix}", shape=channels, initializer=keras.initializers.Constant(value),
+                trainable=False, aggregation="mean",
+            )
+
+        return {"min": var("min", -1.0), "max": var("max", 1.0)}
+
+    def assign_range(self, w, state):
+        """Sets the kept range `[-max|w|, max|w|]` from the weight `w`."""
+        bound = ops.maximum(ops.cast(self.range_of(w), state["max"].dtype), 1e-8)
+        state["max"].assign(bound)
+        state["min"].assign(-bound)
 
     def range_of(self, w):
         """`max|w|` per channel (or per tensor): the symmetric range of `w`."""
@@ -86,10 +95,11 @@ class WeightQuantizer(Quantizer):
 
     def __call__(self, w, training, state):
         if training:
-            state["max"].assign(ops.cast(self.range_of(w), state["max"].dtype))
-        bound = ops.maximum(ops.convert_to_tensor(state["max"]), 1e-8)
+            self.assign_range(w, state)
+        # The kept variables go straight into the op: after freezing they are the constants
+        # the TFLite converter needs to turn FakeQuant into int8 quantization parameters.
         return keras.quantizers.fake_quant_with_min_max_vars(
-            w, -bound, bound, num_bits=self.num_bits, narrow_range=True,
+            w, state["min"], state["max"], num_bits=self.num_bits, narrow_range=True,
             axis=self.axis % len(w.shape) if self.per_axis else None,
         )
 
@@ -140,12 +150,12 @@ class ActivationQuantizer(Quantizer):
             batch_max = ops.maximum(ops.max(x32), 0.0)
             seen = ops.convert_to_tensor(state["seen"]) > 0
             decay = self.ema_decay
-            state["min"].assign(ops.where(seen, state["min"] * decay + batch_min * (1 - decay), batch_min))
-            state["max"].assign(ops.where(seen, state["max"] * decay + batch_max * (1 - decay), batch_max))
+            low = ops.where(seen, state["min"] * decay + batch_min * (1 - decay), batch_min)
+            high = ops.where(seen, state["max"] * decay + batch_max * (1 - decay), batch_max)
+            state["min"].assign(low)
+            state["max"].assign(ops.maximum(high, low + 1e-6))
             state["seen"].assign(1.0)
-        low = ops.convert_to_tensor(state["min"])
-        high = ops.maximum(ops.convert_to_tensor(state["max"]), low + 1e-6)
-        return keras.quantizers.fake_quant_with_min_max_vars(x, low, high, num_bits=self.num_bits)
+        return keras.quantizers.fake_quant_with_min_max_vars(x, state["min"], state["max"], num_bits=self.num_bits)
 
     def get_config(self):
         return {"num_bits": self.num_bits, "ema_decay": self.ema_decay,

@@ -1,0 +1,205 @@
+"""`quantize_model`, `quantize_annotate_layer`, `quantize_annotate_model`, `quantize_apply` (tfmot's API)."""
+
+import keras
+
+from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers
+from kopt.quantization import registry, transforms
+from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
+from kopt.quantization.quantize_config import QuantizeConfig
+from kopt.quantization.wrapper import QuantizeWrapper
+
+
+def _check_model(model, name):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{name}` must be a Sequential or Functional keras.Model, got {type(model).__module__}."
+            f"{type(model).__name__}. (tf_keras / tf.keras 2 models are not Keras 3 models: use tfmot for those.)")
+    if not is_graph_model(model):
+        raise ValueError(
+            f"Cannot quantize the subclassed model '{model.name}' ({type(model).__name__}): only Sequential and "
+            "Functional models can be rewritten layer by layer. Build it as a Sequential or Functional model, "
+            "or quantize the Sequential/Functional parts of it.")
+    if not model.built:
+        raise ValueError(
+            f"`{name}` ('{model.name}') is not built: give it a keras.Input or call it on data once first.")
+
+
+def quantize_annotate_layer(to_annotate, quantize_config=None):
+    """Marks a layer to be quantized by `quantize_apply`.
+
+    Args:
+        to_annotate: a `keras.layers.Layer`.
+        quantize_config: a `QuantizeConfig` for layers the default scheme does
+            not know (custom layers), or to change how it is quantized.
+
+    Returns:
+        A `QuantizeAnnotate` wrapping the layer (it computes like the layer).
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((8,)),
+        kopt.quantization.quantize_annotate_layer(keras.layers.Dense(4, activation="relu")),
+        keras.layers.Dense(2),
+    ])
+    qat = kopt.quantization.quantize_apply(model)
+    ```
+    """
+    if not isinstance(to_annotate, keras.layers.Layer) or isinstance(to_annotate, keras.Model):
+        raise ValueError(f"`to_annotate` must be a keras.layers.Layer (not a model), got {type(to_annotate).__name__}.")
+    if quantize_config is not None and not isinstance(quantize_config, QuantizeConfig):
+        raise ValueError(f"`quantize_config` must be a kopt.quantization.QuantizeConfig, got {quantize_config!r}.")
+    return QuantizeAnnotate(to_annotate, quantize_config=quantize_config)
+
+
+def _matches(layer, selectors):
+    return any(layer.name == s if isinstance(s, str) else isinstance(layer, s) for s in selectors)
+
+
+def quantize_annotate_model(to_annotate, float_layers=None):
+    """Marks every layer of a model (nested models included) to be quantized by `quantize_apply`.
+
+    Args:
+        to_annotate: a built Sequential or Functional model.
+        float_layers: layer names or classes to leave float (not annotated).
+
+    Returns:
+        A new model with `QuantizeAnnotate` layers; it computes like the original.
+
+    Example:
+
+    ```python
+    annotated = kopt.quantization.quantize_annotate_model(model)
+    qat = kopt.quantization.quantize_apply(annotated)
+    ```
+    """
+    _check_model(to_annotate, "to_annotate")
+    float_layers = tuple(float_layers or ())
+
+    def annotate(layer):
+        if isinstance(layer, (QuantizeAnnotate, QuantizeWrapper, QuantizeLayer)):
+            return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_annotated(layer)
+        if isinstance(layer, keras.Model) or _matches(layer, float_layers):
+            return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+        return QuantizeAnnotate(copy_layer(layer))
+
+    return rewrite_model(to_annotate, annotate)
+
+
+def _copy_annotated(layer):
+    if isinstance(layer, QuantizeAnnotate):
+        return QuantizeAnnotate(copy_layer(layer.layer), quantize_config=layer.quantize_config, name=layer.name)
+    return copy_layer(layer)
+
+
+def quantize_apply(model, *, preserve_sparsity=True):
+    """Replaces every annotated layer by its quantization-aware (QAT) version.
+
+    BatchNormalizations that follow an annotated Conv/DepthwiseConv/Dense are
+    folded into it (their statistics are frozen), a ReLU/ReLU6 after a layer
+    shares that layer's output range (TFLite fuses them), and a `QuantizeLayer`
+    is put after each input whose consumers are all quantized. Layers that are
+    not annotated stay float.
+
+    Args:
+        model: a built Sequential or Functional model with `QuantizeAnnotate` layers.
+        preserve_sparsity: keep weights that are exactly zero at zero through
+            training (a pruned model stays pruned; no effect on dense weights).
+
+    Returns:
+        A new QAT model, not compiled. Compile and fit it, then convert it with
+        `kopt.convert.to_tflite`.
+
+    Raises:
+        ValueError: listing every annotated layer the default scheme does not
+            support, with the two ways out.
+
+    Example:
+
+    ```python
+    qat = kopt.quantization.quantize_apply(kopt.quantization.quantize_annotate_model(model))
+    ```
+    """
+    _check_model(model, "model")
+
+    def is_quantized(layer):
+        return isinstance(layer, QuantizeAnnotate)
+
+    unsupported = [
+        f"{layer.name} ({type(layer.layer).__name__})"
+        for layer in walk_layers(model)
+        if is_quantized(layer) and layer.quantize_config is None and not registry.is_supported(layer.layer)
+    ]
+    if unsupported:
+        raise ValueError(
+            "The default 8-bit scheme does not support these layers: " + ", ".join(unsupported) + ". Either "
+            "annotate each with a QuantizeConfig: `quantize_annotate_layer(layer, quantize_config=MyConfig())`; "
+            "or leave them float: `quantize_model(model, float_layers=[<names or classes>])` (their ops then "
+            "stay float in the TFLite file).")
+
+    folds, fused = transforms.plan(model, is_quantized)
+    created = []
+
+    def apply(layer):
+        if not is_quantized(layer):
+            return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+        inner = layer.layer
+        if id(layer) in folds:
+            producer, batchnorm = folds[id(layer)]
+            if layer is batchnorm:
+                return keras.layers.Identity(name=inner.name)
+            inner = transforms.folded_layer(inner, batchnorm.layer)
+        else:
+            inner = copy_layer(inner)
+        config = layer.quantize_config or registry.default_config(inner)
+        if config is None:
+            return inner
+        wrapper = QuantizeWrapper(inner, config, quantize_output=id(layer) not in fused,
+                                  preserve_sparsity=preserve_sparsity)
+        created.append(wrapper)
+        return wrapper
+
+    def input_consumers_quantized():
+        from kopt._keras.clone import consumers
+
+        if isinstance(model, keras.Sequential):
+            return bool(model.layers) and is_quantized(model.layers[0])
+        users = consumers(model)
+        first = [u for t in keras.tree.flatten(model.input) for u in users.get(id(t._keras_history.operation), [])]
+        return bool(first) and all(is_quantized(u) for u in first)
+
+    after_input = QuantizeLayer if input_consumers_quantized() else None
+    qat = rewrite_model(model, apply, after_input=after_input)
+    for wrapper in created:
+        if wrapper.built:
+            wrapper.initialize_ranges()
+    return qat
+
+
+def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
+    """Makes a model quantization-aware with the default int8 scheme (TFLite's).
+
+    Same as `quantize_apply(quantize_annotate_model(to_quantize))`. Weights are
+    symmetric and narrow-range, per channel for convolutions and per tensor for
+    Dense; activations are asymmetric per tensor with moving-average ranges.
+
+    Args:
+        to_quantize: a built Sequential or Functional model (nested models included).
+        float_layers: layer names or classes to leave float.
+        preserve_sparsity: keep zero weights at zero (see `quantize_apply`).
+
+    Returns:
+        A new QAT model, not compiled.
+
+    Example:
+
+    ```python
+    qat = kopt.quantization.quantize_model(model)
+    qat.compile("adam", "mse")
+    qat.fit(x, y, epochs=1, verbose=0)
+    ```
+    """
+    _check_model(to_quantize, "to_quantize")
+    return quantize_apply(quantize_annotate_model(to_quantize, float_layers=float_layers),
+                          preserve_sparsity=preserve_sparsity)

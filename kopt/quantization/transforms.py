@@ -1,0 +1,96 @@
+"""Graph planning before quantization: BatchNormalization folding and ReLU fusion.
+
+TFLite folds a BatchNormalization that follows a Conv/DepthwiseConv/Dense into
+that layer's weights and fuses a following ReLU/ReLU6 into it. QAT must see the
+same graph, or the int8 file would not match the QAT model: the folded weights
+are what gets fake-quantized, and a fused op has one output range (after the ReLU).
+"""
+
+import keras
+import numpy as np
+
+from kopt._keras.clone import consumers, is_graph_model, walk_layers
+from kopt.quantization import registry
+
+L = keras.layers
+_FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+
+
+def _unwrap(layer):
+    return getattr(layer, "layer", layer) if isinstance(layer, L.Wrapper) else layer
+
+
+def _graph_models(model):
+    yield model
+    for layer in walk_layers(model):
+        if is_graph_model(layer):
+            yield layer
+
+
+def _is_linear(layer):
+    activation = getattr(layer, "activation", None)
+    return activation is None or getattr(activation, "__name__", "") == "linear"
+
+
+def plan(model, is_quantized):
+    """Finds the BatchNormalizations to fold and the outputs that TFLite fuses with a ReLU.
+
+    Args:
+        model: a built Sequential/Functional model (possibly nested, possibly annotated).
+        is_quantized: callable telling whether a (graph) layer will be quantized.
+
+    Returns:
+        `(folds, fused)`: `folds` maps `id(producer)` and `id(batchnorm)` to the
+        `(producer, batchnorm)` pair; `fused` is the set of `id(layer)` whose
+        output range is the following ReLU's.
+    """
+    folds, fused = {}, set()
+    for graph in _graph_models(model):
+        users = consumers(graph)
+        producers = {}
+        for producer_id, layers in users.items():
+            for layer in layers:
+                producers.setdefault(id(layer), []).append(producer_id)
+        by_id = {id(layer): layer for layer in graph.layers}
+        for layer in graph.layers:
+            bn = _unwrap(layer)
+            if not isinstance(bn, L.BatchNormalization) or not is_quantized(layer):
+                continue
+            sources = producers.get(id(layer), [])
+            if len(sources) != 1 or sources[0] not in by_id:
+                continue
+            producer = by_id[sources[0]]
+            inner = _unwrap(producer)
+            if (isinstance(inner, _FOLDABLE) and is_quantized(producer) and users.get(id(producer)) == [layer]
+                    and _is_linear(inner) and bn.axis in (-1, len(bn.input.shape) - 1) and inner.built):
+                folds[id(producer)] = folds[id(layer)] = (producer, layer)
+        for layer in graph.layers:
+            if not is_quantized(layer) or not _is_linear(_unwrap(layer)):
+                continue
+            nxt = users.get(id(layer), [])
+            if len(nxt) == 1 and id(nxt[0]) in folds and folds[id(nxt[0])][1] is nxt[0]:
+                nxt = users.get(id(nxt[0]), [])  # look through a folded BatchNormalization
+            if len(nxt) == 1 and is_quantized(nxt[0]) and registry.is_fusable_activation(_unwrap(nxt[0])):
+                fused.add(id(layer))
+    return folds, fused
+
+
+def folded_layer(producer, batchnorm):
+    """A copy of `producer` (Conv/Depthwise/Dense) with `batchnorm` folded into its kernel and bias."""
+    bn_weights = dict(zip([w.name for w in batchnorm.weights], batchnorm.get_weights()))
+    variance = bn_weights["moving_variance"]
+    scale = bn_weights.get("gamma", np.ones_like(variance)) / np.sqrt(variance + batchnorm.epsilon)
+    shift = bn_weights.get("beta", np.zeros_like(variance)) - bn_weights["moving_mean"] * scale
+    kernel = producer.kernel.numpy() if hasattr(producer.kernel, "numpy") else keras.ops.convert_to_numpy(producer.kernel)
+    bias = keras.ops.convert_to_numpy(producer.bias) if producer.use_bias else np.zeros_like(variance)
+    if isinstance(producer, L.DepthwiseConv2D):
+        h, w, channels, multiplier = kernel.shape
+        kernel = (kernel.reshape(h, w, channels * multiplier) * scale).reshape(kernel.shape)
+    else:
+        kernel = kernel * scale
+    config = producer.get_config()
+    config["use_bias"] = True
+    new = producer.__class__.from_config(config)
+    new.build_from_config(producer.get_build_config())
+    new.set_weights([kernel.astype("float32"), (bias * scale + shift).astype("float32")])
+    return new

@@ -1,0 +1,151 @@
+"""`QuantizeWrapper`: runs a layer with fake-quantized weights and quantizes its activation/output."""
+
+import inspect
+
+import keras
+from keras import ops
+
+from kopt.quantization.quantize_config import QuantizeConfig
+
+# Activations TFLite computes with a fixed output range: quantize their input, not their output.
+_PRE_QUANTIZED = ("softmax", "sigmoid", "tanh")
+
+
+def _activation_name(activation):
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Quantization-aware training wrapper for one layer (made by `quantize_apply`).
+
+    Weights are fake-quantized as the `quantize_config` says (and multiplied by a
+    0/1 mask when `preserve_sparsity`, so a pruned layer stays pruned); the
+    layer's activation is taken over by the wrapper and quantized after it
+    (ReLU, linear) or before it (softmax, sigmoid, tanh); output quantizers
+    apply to the result. All ranges are weights of the wrapper.
+
+    Args:
+        layer: the layer to quantize.
+        quantize_config: a `QuantizeConfig`.
+        quantize_output: `False` when the next layer is a ReLU that TFLite fuses
+            into this one, so this output has no range of its own.
+        preserve_sparsity: keep the zeros of the weights at zero.
+        activation: internal (set by `from_config`); the activation taken over
+            from `layer`.
+        **kwargs: passed to `keras.layers.Wrapper`.
+
+    Example:
+
+    ```python
+    wrapper = kopt.quantization.QuantizeWrapper(
+        keras.layers.Dense(4), kopt.quantization.Default8BitQuantizeConfig(["kernel"], quantize_activation=True))
+    ```
+    """
+
+    def __init__(self, layer, quantize_config, quantize_output=True, preserve_sparsity=False, activation=None,
+                 **kwargs):
+        if not isinstance(quantize_config, QuantizeConfig):
+            raise ValueError(f"`quantize_config` must be a kopt.quantization.QuantizeConfig, got {quantize_config!r}.")
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.quantize_config = quantize_config
+        self.quantize_output = bool(quantize_output)
+        self.preserve_sparsity = bool(preserve_sparsity)
+        activation_quantizers = quantize_config.get_activations_and_quantizers(layer)
+        self._activation_quantizer = activation_quantizers[0][1] if activation_quantizers else None
+        if activation is not None:
+            self.activation = keras.activations.get(activation)
+        elif self._activation_quantizer is not None:
+            self.activation = layer.activation
+            layer.activation = keras.activations.linear  # the wrapper applies it, between quantizers
+        else:
+            self.activation = None
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._weights_and_quantizers = self.quantize_config.get_weights_and_quantizers(self.layer)
+        self._weight_states, self.sparsity_masks = [], []
+        for variable, quantizer in self._weights_and_quantizers:
+            self._weight_states.append(quantizer.build(self, variable.shape, variable.name))
+            if self.preserve_sparsity:
+                self.sparsity_masks.append(self.add_weight(
+                    name=f"{variable.name}_sparsity_mask", shape=variable.shape, initializer="ones",
+                    trainable=False, aggregation="only_first_replica",
+                ))
+        self._activation_state = (
+            self._activation_quantizer.build(self, (), "activation") if self._activation_quantizer else None
+        )
+        self._output_quantizers = list(self.quantize_config.get_output_quantizers(self.layer))
+        self._output_states = [q.build(self, (), f"output_{i}") for i, q in enumerate(self._output_quantizers)]
+        self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
+        self.built = True
+
+    def effective_weights(self):
+        """`[(variable, value)]`: each quantized weight with its mask applied (before fake quantization)."""
+        masks = self.sparsity_masks or [None] * len(self._weights_and_quantizers)
+        return [(v, v if m is None else v * ops.cast(m, v.dtype)) for (v, _), m in zip(self._weights_and_quantizers, masks)]
+
+    def initialize_ranges(self):
+        """Sets weight ranges (and sparsity masks) from the current weights; done by `quantize_apply`."""
+        for (variable, quantizer), state in zip(self._weights_and_quantizers, self._weight_states):
+            if hasattr(quantizer, "assign_range"):
+                quantizer.assign_range(variable, state)
+        for (variable, _), mask in zip(self._weights_and_quantizers, self.sparsity_masks):
+            mask.assign(ops.cast(ops.not_equal(variable, 0), mask.dtype))
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        training = bool(training)
+        mapping = [
+            (variable, quantizer(value, training, state))
+            for (variable, value), (_, quantizer), state in zip(
+                self.effective_weights(), self._weights_and_quantizers, self._weight_states)
+        ]
+        if self._call_takes_training:
+            kwargs["training"] = training
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        quantized_ids = {id(v) for v, _ in mapping}
+        for variable in self.layer.variables:
+            if id(variable) not in quantized_ids:
+                value = scope.get_current_value(variable)
+                if value is not None:
+                    variable.assign(value)
+
+        if self.activation is not None:
+            if _activation_name(self.activation) in _PRE_QUANTIZED:
+                outputs = self.activation(self._activation_quantizer(outputs, training, self._activation_state))
+            else:
+                outputs = self.activation(outputs)
+                if self.quantize_output:
+                    outputs = self._activation_quantizer(outputs, training, self._activation_state)
+        if self.quantize_output:
+            for quantizer, state in zip(self._output_quantizers, self._output_states):
+                outputs = quantizer(outputs, training, state)
+        return outputs
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
+            "quantize_output": self.quantize_output,
+            "preserve_sparsity": self.preserve_sparsity,
+            "activation": keras.activations.serialize(self.activation) if self.activation is not None else None,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["quantize_config"] = keras.saving.deserialize_keras_object(
+            config["quantize_config"], custom_objects=custom_objects)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        return cls(**config)
