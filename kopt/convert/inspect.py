@@ -1,0 +1,238 @@
+"""Looking inside a .tflite file, measuring its accuracy and its latency."""
+
+import collections
+import dataclasses
+import gzip
+import os
+import statistics
+import time
+
+import numpy as np
+
+_WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
+_FLOAT = ("float32", "float16", "float64")
+
+
+def read_model(tflite):
+    """The bytes of a .tflite model given as bytes or a path."""
+    if isinstance(tflite, (bytes, bytearray, memoryview)):
+        return bytes(tflite)
+    if isinstance(tflite, (str, os.PathLike)):
+        if not os.path.isfile(tflite):
+            raise ValueError(f"No .tflite file at {os.fspath(tflite)!r}.")
+        with open(tflite, "rb") as f:
+            return f.read()
+    raise ValueError(f"Expected the bytes of a .tflite model or a path to one, got {type(tflite).__name__}.")
+
+
+def interpreter(tflite, threads=1, delegates=True):
+    """An allocated `ai_edge_litert` Interpreter (without the default XNNPACK delegate if `delegates=False`)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {} if delegates else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    it = Interpreter(model_content=read_model(tflite), num_threads=threads, **kwargs)
+    it.allocate_tensors()
+    return it
+
+
+@dataclasses.dataclass
+class TFLiteInfo:
+    """What `inspect` finds in a .tflite file."""
+
+    size_bytes: int
+    gzip_bytes: int
+    ops: list  # [{"op": name, "inputs": [tensor dicts], "outputs": [tensor dicts]}]
+    op_counts: dict
+    inputs: list
+    outputs: list
+    tensors: list  # [{"name", "dtype", "shape", "scales", "zero_points", "constant"}]
+    zero_weight_fraction: float  # zeros among the weights of CONV/DEPTHWISE/FULLY_CONNECTED/TRANSPOSE_CONV ops
+    float_ops: list  # ops that compute on float tensors: [(op name, output tensor name)]
+
+    @property
+    def is_full_integer(self):
+        return not self.float_ops
+
+    def __str__(self):
+        lines = [f"TFLite model: {self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
+                 f"{sum(self.op_counts.values())} ops, {self.zero_weight_fraction:.1%} zero weights"]
+        lines += [f"  {name:24s} x{count}" for name, count in sorted(self.op_counts.items())]
+        for label, tensors in (("input", self.inputs), ("output", self.outputs)):
+            for t in tensors:
+                q = f" scale={t['scales'][0]:.6g} zero_point={t['zero_points'][0]}" if t["scales"] else ""
+                lines.append(f"  {label} {t['name']}: {t['dtype']} {t['shape']}{q}")
+        lines.append("  full integer" if self.is_full_integer else
+                     "  float ops: " + ", ".join(f"{op} ({name})" for op, name in self.float_ops))
+        return "\n".join(lines)
+
+
+def _tensor(detail, constant):
+    params = detail.get("quantization_parameters", {})
+    return {
+        "index": detail["index"], "name": detail["name"], "dtype": np.dtype(detail["dtype"]).name,
+        "shape": tuple(int(d) for d in detail["shape"]), "scales": [float(s) for s in params.get("scales", [])],
+        "zero_points": [int(z) for z in params.get("zero_points", [])], "constant": constant,
+    }
+
+
+def inspect(tflite):
+    """Lists the ops, tensor types, quantization parameters, size and weight sparsity of a .tflite model.
+
+    Args:
+        tflite: the model's bytes or a path to it.
+
+    Returns:
+        A `TFLiteInfo` (print it for a summary).
+
+    Example:
+
+    ```python
+    info = kopt.convert.inspect(kopt.convert.to_tflite(model, quantization=None, validate=False))
+    print(info.op_counts)
+    ```
+    """
+    content = read_model(tflite)
+    it = interpreter(content, delegates=False)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    produced = {i for op in ops for i in op["outputs"]}
+    graph_io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
+    constant = {i for i in details if i not in produced and i not in graph_io}
+    tensors = {i: _tensor(d, i in constant) for i, d in details.items()}
+
+    zeros = total = 0
+    float_ops, described = [], []
+    for op in ops:
+        name = op["op_name"]
+        ins = [tensors[i] for i in op["inputs"] if i >= 0]
+        outs = [tensors[i] for i in op["outputs"]]
+        described.append({"op": name, "inputs": ins, "outputs": outs})
+        if name in _WEIGHT_INPUT and len(op["inputs"]) > _WEIGHT_INPUT[name]:
+            weight = op["inputs"][_WEIGHT_INPUT[name]]
+            if weight in constant:
+                values = it.get_tensor(weight)
+                zeros += int(np.count_nonzero(values == 0))
+                total += values.size
+        activations = [t for t in ins + outs if not t["constant"]]
+        if name not in ("QUANTIZE", "DEQUANTIZE") and any(t["dtype"] in _FLOAT for t in activations):
+            float_ops.append((name, outs[0]["name"] if outs else ""))
+        elif name == "DEQUANTIZE" and any(o["index"] not in graph_io for o in outs):
+            float_ops.append((name, outs[0]["name"]))  # a float island inside the graph
+    return TFLiteInfo(
+        size_bytes=len(content), gzip_bytes=len(gzip.compress(content, 9)), ops=described,
+        op_counts=dict(collections.Counter(op["op"] for op in described)),
+        inputs=[tensors[d["index"]] for d in it.get_input_details()],
+        outputs=[tensors[d["index"]] for d in it.get_output_details()],
+        tensors=list(tensors.values()), zero_weight_fraction=zeros / total if total else 0.0, float_ops=float_ops,
+    )
+
+
+def run(tflite, x, batch_size=256):
+    """Runs a single-input model on `x` in batches; quantizes inputs and dequantizes outputs as needed.
+
+    Returns:
+        The (first) output as a float32 array.
+    """
+    it = interpreter(tflite)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    results = []
+    for start in range(0, len(x), batch_size):
+        batch = np.asarray(x[start:start + batch_size], dtype="float32")
+        it.resize_tensor_input(inp["index"], batch.shape)
+        it.allocate_tensors()
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        if np.issubdtype(inp["dtype"], np.integer):
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            batch = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(inp["dtype"])
+        it.set_tensor(inp["index"], batch.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"])
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero = out["quantization"]
+            y = (y.astype("float32") - zero) * scale
+        results.append(y.astype("float32"))
+    return np.concatenate(results)
+
+
+def evaluate(tflite, x, y, batch_size=256):
+    """Top-1 accuracy of a classifier .tflite model on `(x, y)`, run in batches.
+
+    Args:
+        tflite: the model's bytes or a path.
+        x: inputs, float (int8 models are quantized with the file's input parameters).
+        y: integer labels, or one-hot labels.
+        batch_size: samples per interpreter call.
+
+    Returns:
+        Accuracy in [0, 1].
+
+    Example:
+
+    ```python
+    accuracy = kopt.convert.evaluate(kopt.convert.to_tflite(model, quantization=None, validate=False), x, y.argmax(-1))
+    ```
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"`x` has {len(x)} samples but `y` has {len(y)}.")
+    labels = y.argmax(-1) if y.ndim > 1 else y
+    return float(np.mean(run(tflite, x, batch_size).argmax(-1) == labels))
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """Latency of one interpreter invocation, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    runs: int
+    threads: int
+
+    def __float__(self):
+        return self.median_ms
+
+
+def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
+    """Median CPU latency of one inference with LiteRT's default (XNNPACK) CPU kernels.
+
+    Args:
+        tflite: the model's bytes or a path.
+        threads: interpreter threads.
+        runs: timed invocations.
+        warmup: untimed invocations first.
+        batch_size: batch size of the timed input.
+
+    Returns:
+        A `BenchmarkResult` (`float(result)` is the median in ms).
+
+    Example:
+
+    ```python
+    result = kopt.convert.benchmark(kopt.convert.to_tflite(model, quantization=None, validate=False), runs=5)
+    ```
+    """
+    if runs < 1:
+        raise ValueError(f"`runs` must be >= 1, got {runs}.")
+    it = interpreter(tflite, threads=threads)
+    inp = it.get_input_details()[0]
+    shape = [batch_size] + [int(d) for d in inp["shape"][1:]]
+    it.resize_tensor_input(inp["index"], shape)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if np.issubdtype(inp["dtype"], np.integer):
+        info = np.iinfo(inp["dtype"])
+        data = rng.integers(info.min, info.max + 1, size=shape).astype(inp["dtype"])
+    else:
+        data = rng.random(shape).astype(inp["dtype"])
+    it.set_tensor(inp["index"], data)
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - start) * 1e3)
+    return BenchmarkResult(statistics.median(times), statistics.fmean(times), runs, threads)
