@@ -9,6 +9,8 @@ original model is never modified and never shares variables with the result.
 import keras
 from keras.src.models.functional import Functional
 
+from kopt._keras.calls import accepted_kwargs
+
 
 def is_graph_model(obj):
     """Whether `obj` is a Sequential or Functional model (cloneable by Keras)."""
@@ -83,7 +85,11 @@ def rewrite_model(model, layer_fn, after_input=None):
         model.input,
     )
     feed = inputs if after_input is None else keras.tree.map_structure(lambda t: after_input()(t), inputs)
-    outputs = model._run_through_graph(feed, operation_fn=clone)
+    # A replacement may take fewer keyword arguments than the layer it replaces (e.g. a folded
+    # BatchNormalization, whose nodes record mask=None, becomes an Identity).
+    outputs = model._run_through_graph(
+        feed, operation_fn=clone, call_fn=lambda op, *args, **kwargs: op(*args, **accepted_kwargs(op, kwargs))
+    )
     return Functional(inputs, outputs, name=model.name)
 
 

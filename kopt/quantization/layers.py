@@ -2,6 +2,8 @@
 
 import keras
 
+from kopt._keras.calls import accepted_kwargs
+
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.quantizers import ActivationQuantizer
 
@@ -78,7 +80,7 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         self.built = True
 
     def call(self, *args, **kwargs):
-        return self.layer(*args, **kwargs)
+        return self.layer(*args, **accepted_kwargs(self.layer, kwargs))
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)

@@ -62,7 +62,7 @@ def plan(model, is_quantized):
             producer = by_id[sources[0]]
             inner = _unwrap(producer)
             if (isinstance(inner, _FOLDABLE) and is_quantized(producer) and users.get(id(producer)) == [layer]
-                    and _is_linear(inner) and bn.axis in (-1, len(bn.input.shape) - 1) and inner.built):
+                    and _is_linear(inner) and bn.axis in (-1, len(layer.input.shape) - 1) and inner.built):
                 folds[id(producer)] = folds[id(layer)] = (producer, layer)
         for layer in graph.layers:
             if not is_quantized(layer) or not _is_linear(_unwrap(layer)):

@@ -1,10 +1,9 @@
 """`QuantizeWrapper`: runs a layer with fake-quantized weights and quantizes its activation/output."""
 
-import inspect
-
 import keras
 from keras import ops
 
+from kopt._keras.calls import accepted_kwargs
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -79,7 +78,6 @@ class QuantizeWrapper(keras.layers.Wrapper):
         )
         self._output_quantizers = list(self.quantize_config.get_output_quantizers(self.layer))
         self._output_states = [q.build(self, (), f"output_{i}") for i, q in enumerate(self._output_quantizers)]
-        self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
         self.built = True
 
     def effective_weights(self):
@@ -102,8 +100,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             for (variable, value), (_, quantizer), state in zip(
                 self.effective_weights(), self._weights_and_quantizers, self._weight_states)
         ]
-        if self._call_takes_training:
-            kwargs["training"] = training
+        kwargs = accepted_kwargs(self.layer, {**kwargs, "training": training})
         with keras.StatelessScope(state_mapping=mapping) as scope:
             outputs = self.layer(inputs, *args, **kwargs)
         quantized_ids = {id(v) for v, _ in mapping}

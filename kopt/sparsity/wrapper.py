@@ -6,6 +6,7 @@ import numbers
 import keras
 from keras import ops
 
+from kopt._keras.calls import accepted_kwargs
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -177,7 +178,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             name="pruning_step", shape=(), dtype="int64", initializer=keras.initializers.Constant(-1),
             trainable=False, aggregation="only_first_replica",
         )
-        self._call_takes_training = "training" in inspect.signature(self.layer.call).parameters
         self.built = True
 
     def _check_structure(self, weight):
@@ -249,8 +249,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if not self._step_callback_attached:
                 raise ValueError(_CALLBACK_ERROR.format(name=self.name))
             self.update_masks()
-        if self._call_takes_training:
-            kwargs["training"] = training
+        kwargs = accepted_kwargs(self.layer, {**kwargs, "training": training})
         masked = [(w, w * ops.cast(m, w.dtype)) for w, m in zip(self._pruned_weights, self.masks)]
         with keras.StatelessScope(state_mapping=masked) as scope:
             outputs = self.layer(inputs, *args, **kwargs)
