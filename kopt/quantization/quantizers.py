@@ -90,7 +90,12 @@ class WeightQuantizer(Quantizer):
         if self.per_axis:
             axis = self.axis % len(w.shape)
             reduce_axes = tuple(i for i in range(len(w.shape)) if i != axis)
-            return ops.max(ops.abs(w), axis=reduce_axes)
+            ranges = ops.max(ops.abs(w), axis=reduce_axes)
+            # A channel that is (nearly) all zero, e.g. after pruning, would get a scale so small
+            # that TFLite's int32 bias (scale = input scale x weight scale) overflows: give it the
+            # largest channel's range instead. Its weights quantize to zero either way.
+            largest = ops.max(ranges)
+            return ops.where(ranges <= 1e-6 * largest, largest, ranges)
         return ops.max(ops.abs(w))
 
     def __call__(self, w, training, state):
