@@ -20,7 +20,7 @@ def build_cnn():
         keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(128, activation="relu"),
         keras.layers.Dense(10),
     ], name="digits_cnn")
 

@@ -69,6 +69,9 @@ def _write_atomically(path, content):
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(content)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
