@@ -79,8 +79,8 @@ class QuantizeAnnotate(keras.layers.Wrapper):
             self.layer.build(input_shape)
         self.built = True
 
-    def call(self, *args, **kwargs):
-        return self.layer(*args, **accepted_kwargs(self.layer, kwargs))
+    def call(self, inputs, *args, **kwargs):
+        return self.layer(inputs, *args, **accepted_kwargs(self.layer, kwargs))
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)

@@ -6,13 +6,14 @@ from kopt.quantization.quantize_config import Default8BitQuantizeConfig
 
 L = keras.layers
 
-# Weights: symmetric, narrow range; per channel for convolutions, per tensor for Dense
-# (per-channel Dense kernels make the converter fail: 'tfl.transpose' mismatched axes).
+# Weights: symmetric, narrow range; per channel for convolutions, per tensor for Dense and transposed
+# convolutions (per-channel kernels there make the converter fail: 'tfl.transpose' op has mismatched
+# quantized axes).
 _WEIGHTED = (
     ((L.Dense, L.EinsumDense), dict(weight_attrs=["kernel"], per_axis=False)),
     ((L.Conv1D, L.Conv2D, L.Conv3D), dict(weight_attrs=["kernel"], per_axis=True, axis=-1)),
     ((L.DepthwiseConv1D, L.DepthwiseConv2D), dict(weight_attrs=["kernel"], per_axis=True, axis=-2)),
-    ((L.Conv1DTranspose, L.Conv2DTranspose), dict(weight_attrs=["kernel"], per_axis=True, axis=-2)),
+    ((L.Conv1DTranspose, L.Conv2DTranspose), dict(weight_attrs=["kernel"], per_axis=False)),
 )
 
 # Layers whose output gets its own range (TFLite requantizes there).

@@ -1,0 +1,277 @@
+"""quantize_model / quantize_apply: QAT models that convert to int8 files matching them."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers as L
+from keras import ops
+
+from kopt import convert, quantization, sparsity
+from kopt.datasets import load_digits
+from kopt.demo import build_cnn
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def pruned_qat(digits):
+    """Dense CNN -> 80% pruned -> stripped -> QAT on digits (shared by several tests)."""
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = build_cnn()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS)
+    model.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0)
+    pruned = sparsity.prune_low_magnitude(
+        model, pruning_schedule=sparsity.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=200, frequency=10))
+    pruned.compile(keras.optimizers.Adam(5e-4), LOSS)
+    pruned.fit(x_train, y_train, batch_size=32, epochs=7, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    stripped = sparsity.strip_pruning(pruned)
+    qat = quantization.quantize_model(stripped)
+    qat.compile(keras.optimizers.Adam(1e-4), LOSS, metrics=["accuracy"])
+    qat.fit(x_train, y_train, batch_size=32, epochs=3, verbose=0)
+    return stripped, qat
+
+
+def test_qat_model_and_its_int8_file_agree_on_digits(digits, pruned_qat):
+    _, (x_test, y_test) = digits
+    _, qat = pruned_qat
+    tflite = convert.to_tflite(qat, validation_data=x_test, max_samples=len(x_test))
+    assert tflite.report.samples == len(x_test) == 450
+    assert tflite.report.top1_agreement >= 0.99
+    info = convert.inspect(tflite)
+    assert info.is_full_integer and info.inputs[0]["dtype"] == "int8" and info.outputs[0]["dtype"] == "int8"
+    keras_accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
+    assert abs(convert.evaluate(tflite, x_test, y_test) - keras_accuracy) <= 0.01
+
+
+def test_pruned_then_qat_keeps_its_zeros_into_the_file(pruned_qat):
+    stripped, qat = pruned_qat
+    before = sparsity.get_sparsity(stripped)
+    assert all(v == pytest.approx(0.8, abs=0.005) for v in before.values())
+    for wrapper in [layer for layer in qat.layers if isinstance(layer, quantization.QuantizeWrapper)]:
+        for variable, value in wrapper.effective_weights():
+            assert np.mean(ops.convert_to_numpy(value) == 0) == pytest.approx(0.8, abs=0.005), variable.path
+    info = convert.inspect(convert.to_tflite(qat, validate=False))
+    assert info.zero_weight_fraction >= 0.79
+
+
+def test_qat_layers_and_graph(pruned_qat):
+    _, qat = pruned_qat
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert kinds == ["QuantizeLayer", "QuantizeWrapper", "QuantizeWrapper", "MaxPooling2D", "Flatten",
+                     "QuantizeWrapper", "QuantizeWrapper"]
+    conv = qat.layers[1]
+    assert conv._weight_states[0]["max"].shape == (16,)  # per-channel for Conv2D
+    assert qat.layers[5]._weight_states[0]["max"].shape == ()  # per-tensor for Dense
+
+
+def test_save_load_continue_qat_keeps_the_ranges(digits, tmp_path):
+    (x_train, y_train), _ = digits
+    x, y = x_train[:256], y_train[:256]
+    model = build_cnn()
+    qat = quantization.quantize_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), LOSS)
+    qat.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    path = os.fspath(tmp_path / "qat.keras")
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+
+    def ranges(m):
+        return [ops.convert_to_numpy(v) for layer in m.layers if isinstance(layer, (quantization.QuantizeWrapper, quantization.QuantizeLayer))
+                for v in layer.non_trainable_weights if v.name.endswith(("_min", "_max", "_seen"))]
+
+    for a, b in zip(ranges(qat), ranges(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+    qat.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(ranges(qat), ranges(loaded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # continued from the saved ranges, not from scratch
+
+
+def test_qat_under_mirrored_strategy(digits):
+    (x_train, y_train), (x_test, _) = digits
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    initial = build_cnn().get_weights()
+
+    def train(strategy):
+        with strategy.scope():
+            model = build_cnn()
+            model.set_weights(initial)
+            qat = quantization.quantize_model(model)
+            qat.compile(keras.optimizers.SGD(0.05), LOSS)
+        qat.fit(x_train[:512], y_train[:512], batch_size=64, epochs=2, shuffle=False, verbose=0)
+        return qat
+
+    mirrored = train(tf.distribute.MirroredStrategy(devices))
+    single = train(tf.distribute.OneDeviceStrategy(devices[0]))
+    for layer in mirrored.layers:
+        for variable in layer.non_trainable_weights:
+            replicas = [v.numpy() for v in variable.value.values]
+            assert len(replicas) == 2
+            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+    # Each replica's activation range comes from its half of the batch (then averaged), so the two
+    # runs differ by a little quantization noise, not more.
+    for a, b in zip(mirrored.trainable_weights, single.trainable_weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=5e-3)
+    agreement = np.mean(mirrored.predict(x_test, verbose=0).argmax(-1) == single.predict(x_test, verbose=0).argmax(-1))
+    assert agreement >= 0.95  # a briefly trained model: a few near-ties may flip
+    tflite = convert.to_tflite(mirrored, validation_data=x_test)
+    assert tflite.report.passed and convert.inspect(tflite).is_full_integer
+
+
+def test_mobilenet_v2_goes_to_full_int8():
+    model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10)
+    qat = quantization.quantize_model(model)
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in qat.layers)  # all folded
+    x = np.random.default_rng(0).random((32, 64, 64, 3)).astype("float32")
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(x, np.arange(32) % 10, batch_size=16, epochs=1, verbose=0)
+    # Random weights give a near-uniform softmax, so arg-max agreement means nothing here: check SQNR.
+    tflite = convert.to_tflite(qat, validation_data=x, min_top1_agreement=0.0)
+    info = convert.inspect(tflite)
+    assert info.is_full_integer
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX"} <= set(info.op_counts)
+    assert "QUANTIZE" not in info.op_counts and "DEQUANTIZE" not in info.op_counts
+    assert tflite.report.sqnr_db > 20
+
+
+def test_batchnorm_is_folded_and_qat_starts_close_to_float():
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    x = L.DepthwiseConv2D(3)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    outputs = L.Dense(4)(L.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    data = rng.random((64, 12, 12, 3)).astype("float32")
+    model.compile("adam", "mse")
+    model.fit(data, rng.random((64, 4)).astype("float32"), epochs=2, verbose=0)  # non-trivial BN statistics
+    qat = quantization.quantize_model(model)
+    assert [type(layer).__name__ for layer in qat.layers].count("Identity") == 2
+    conv = next(layer for layer in qat.layers if isinstance(layer, quantization.QuantizeWrapper))
+    assert conv.layer.use_bias and not conv.quantize_output  # folded bias; range shared with the ReLU6
+    reference = model.predict(data, verbose=0)
+    # Calibrate the activation ranges on data (one epoch at lr=0 changes no weight).
+    qat.compile(keras.optimizers.SGD(0.0), "mse")
+    qat.fit(data, reference, epochs=1, verbose=0)
+    got = qat.predict(data, verbose=0)
+    assert convert.validate.sqnr_db(reference, got) > 20
+    tflite = convert.to_tflite(qat, validation_data=data)
+    assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 20
+
+
+def test_many_layer_kinds_nested_model_and_rescaling_input():
+    block = keras.Sequential([keras.Input((8, 8, 8)), L.Conv2D(8, 3, padding="same", activation="relu"),
+                              L.DepthwiseConv2D(3, padding="same"), L.ReLU()], name="block")
+    inputs = keras.Input((16, 16, 3))
+    x = L.Rescaling(1 / 255.0)(inputs)
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    y = block(x)
+    x = L.Add()([x, y])
+    z = L.Multiply()([x, L.Activation("sigmoid")(L.Conv2D(8, 1)(x))])
+    x = L.Concatenate()([x, z])
+    x = L.ZeroPadding2D(1)(x)
+    x = L.AveragePooling2D(2)(x)
+    x = L.UpSampling2D()(x)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu6")(x)
+    x = L.Dropout(0.1)(L.Flatten()(L.MaxPooling2D(4)(x)))
+    outputs = L.Dense(5, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    qat = quantization.quantize_model(model)
+    nested = next(layer for layer in qat.layers if isinstance(layer, keras.Sequential))
+    assert [type(layer).__name__ for layer in nested.layers] == ["QuantizeWrapper", "QuantizeWrapper", "QuantizeWrapper"]
+    data = np.random.default_rng(0).uniform(0, 255, (64, 16, 16, 3)).astype("float32")
+    qat.compile("adam", "categorical_crossentropy")
+    qat.fit(data, np.eye(5)[np.arange(64) % 5], epochs=2, verbose=0)
+    tflite = convert.to_tflite(qat, validation_data=data)
+    assert convert.inspect(tflite).is_full_integer and tflite.report.passed
+
+
+class Scale(L.Layer):
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+class ScaleConfig(quantization.QuantizeConfig):
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.w, quantization.WeightQuantizer())]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def get_output_quantizers(self, layer):
+        return [quantization.ActivationQuantizer()]
+
+    def get_config(self):
+        return {}
+
+
+def test_unsupported_layers_are_listed_in_one_error_with_both_ways_out():
+    model = keras.Sequential([keras.Input((6, 4)), L.LSTM(4, return_sequences=True, name="lstm"),
+                              L.LayerNormalization(name="norm"), Scale(name="scale"), L.Flatten(), L.Dense(2)])
+    with pytest.raises(ValueError) as error:
+        quantization.quantize_model(model)
+    message = str(error.value)
+    for name in ("lstm (LSTM)", "norm (LayerNormalization)", "scale (Scale)", "QuantizeConfig", "float_layers"):
+        assert name in message
+    qat = quantization.quantize_model(model, float_layers=["lstm", L.LayerNormalization, "scale"])
+    assert [type(layer).__name__ for layer in qat.layers][:3] == ["LSTM", "LayerNormalization", "Scale"]
+
+
+def test_custom_layer_with_a_quantize_config():
+    model = keras.Sequential([
+        keras.Input((6,)), L.Dense(4, name="d"),
+        quantization.quantize_annotate_layer(Scale(name="scale"), ScaleConfig()),
+    ])
+    annotated = quantization.quantize_annotate_model(model)
+    qat = quantization.quantize_apply(annotated)
+    wrapper = qat.layers[-1]
+    assert isinstance(wrapper, quantization.QuantizeWrapper) and isinstance(wrapper.quantize_config, ScaleConfig)
+    data = np.random.default_rng(0).random((32, 6)).astype("float32")
+    qat.compile("adam", "mse")
+    qat.fit(data, np.zeros((32, 4)), epochs=1, verbose=0)
+    assert convert.inspect(convert.to_tflite(qat, validation_data=data, min_top1_agreement=0)).is_full_integer
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: quantization.quantize_model("model"), "to_quantize"),
+        (lambda: quantization.quantize_model(keras.Sequential([L.Dense(2)])), "not built"),
+        (lambda: quantization.quantize_annotate_layer(L.Dense(2), quantize_config="8bit"), "quantize_config"),
+        (lambda: quantization.quantize_annotate_layer(keras.Sequential()), "to_annotate"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_subclassed_model_is_refused_with_alternatives():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="Sequential or Functional"):
+        quantization.quantize_model(net)
