@@ -10,14 +10,18 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import sparsity
+from kopt import convert, quantization, sparsity
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
-    for name in sparsity.__all__:
-        objects[f"kopt.sparsity.{name}"] = getattr(sparsity, name)
-    objects["kopt.sparsity"] = sparsity
+    for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert)):
+        objects[f"kopt.{module}"] = name
+        for attribute in name.__all__:
+            objects[f"kopt.{module}.{attribute}"] = getattr(name, attribute)
+    # Result containers are documented by the functions that return them.
+    for name in ("BenchmarkResult", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
+        objects.pop(f"kopt.convert.{name}", None)
     return objects
 
 

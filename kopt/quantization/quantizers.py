@@ -15,6 +15,16 @@ class Quantizer:
 
     A quantizer creates its state with `build(layer, shape, name)` (weights of `layer`) and
     fake-quantizes with `__call__(x, training, state)`.
+
+    Example:
+
+    ```python
+    class FixedRange(kopt.quantization.Quantizer):
+        def __call__(self, x, training, state):
+            return keras.quantizers.fake_quant_with_min_max_vars(x, -1.0, 1.0)
+
+    y = FixedRange()(np.linspace(-2, 2, 5).astype("float32"), False, {})
+    ```
     """
 
     def build(self, layer, shape, name):

@@ -1,0 +1,141 @@
+"""to_tflite, inspect, evaluate, benchmark: checked with LiteRT's interpreter."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kopt import convert, quantization
+from kopt.datasets import load_digits
+from kopt.demo import build_cnn
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    keras.utils.set_random_seed(0)
+    model = build_cnn()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0)
+    return model, (x_train, y_train), (x_test, y_test)
+
+
+def test_post_training_int8_keeps_accuracy_and_is_full_integer(trained, tmp_path):
+    model, (x_train, _), (x_test, y_test) = trained
+    path = tmp_path / "ptq.tflite"
+    tflite = convert.to_tflite(model, path, representative_data=x_train, validation_data=x_test)
+    assert path.read_bytes() == bytes(tflite) and tflite.path == os.fspath(path)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+    float_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
+    int8_accuracy = convert.evaluate(path, x_test, y_test)
+    assert int8_accuracy >= float_accuracy - 0.01, (float_accuracy, int8_accuracy)
+    info = convert.inspect(path)
+    assert info.is_full_integer
+    for op in info.ops:  # every activation tensor of every op is an integer tensor
+        for tensor in op["inputs"] + op["outputs"]:
+            if not tensor["constant"]:
+                assert tensor["dtype"] in ("int8", "int32"), (op["op"], tensor)
+    assert {t["dtype"] for op in info.ops if op["op"] == "CONV_2D" for t in op["inputs"][:2]} == {"int8"}
+    assert tflite.report.passed and tflite.report.top1_agreement >= 0.97
+
+
+@pytest.mark.parametrize(
+    "mode, input_dtype, weight_dtype",
+    [(None, "float32", "float32"), ("float16", "float32", "float16"), ("dynamic", "float32", "int8"),
+     ("int16x8", "int16", "int8")],
+)
+def test_other_modes(trained, mode, input_dtype, weight_dtype):
+    model, (x_train, _), (x_test, _) = trained
+    tflite = convert.to_tflite(model, quantization=mode, representative_data=x_train[:100], validation_data=x_test)
+    info = convert.inspect(tflite)
+    assert info.inputs[0]["dtype"] == input_dtype
+    dtypes = {t["dtype"] for t in info.tensors if t["constant"] and len(t["shape"]) == 4}
+    assert weight_dtype in dtypes, dtypes
+    assert tflite.report.passed
+
+
+def test_representative_data_as_dataset_and_generator(trained):
+    model, (x_train, y_train), (x_test, _) = trained
+    dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(32)
+    from_dataset = convert.to_tflite(model, representative_data=dataset, validation_data=x_test, max_samples=64)
+    from_generator = convert.to_tflite(model, representative_data=(x[None] for x in x_train[:64]),
+                                       validation_data=x_test)
+    assert bytes(from_dataset) == bytes(from_generator)  # the same 64 samples either way
+
+
+def test_float_ops_left_in_int8_mode_are_named(trained):
+    model, (x_train, _), (x_test, _) = trained
+    qat = quantization.quantize_model(model, float_layers=["dense"])  # the hidden Dense stays float
+    with pytest.raises(ValueError, match="FULLY_CONNECTED") as error:
+        convert.to_tflite(qat, validation_data=x_test)
+    assert "dense" in str(error.value) and "allow_float_ops" in str(error.value)
+    tflite = convert.to_tflite(qat, validation_data=x_test, allow_float_ops=True)
+    assert not convert.inspect(tflite).is_full_integer
+
+
+def test_a_mismatch_raises_and_writes_nothing_or_warns(trained, tmp_path):
+    model, (x_train, _), (x_test, _) = trained
+    path = tmp_path / "model.tflite"
+    with pytest.raises(ValueError, match="does not match"):
+        convert.to_tflite(model, path, representative_data=x_train, validation_data=x_test, min_sqnr_db=200)
+    assert not os.listdir(tmp_path)
+    with pytest.warns(UserWarning, match="does not match"):
+        tflite = convert.to_tflite(model, path, representative_data=x_train, validation_data=x_test,
+                                   min_sqnr_db=200, on_mismatch="warn")
+    assert not tflite.report.passed and path.exists()
+
+
+def test_benchmark_and_evaluate(trained):
+    model, (x_train, _), (x_test, y_test) = trained
+    tflite = convert.to_tflite(model, quantization=None, validation_data=x_test)
+    result = convert.benchmark(tflite, threads=1, runs=20)
+    assert result.runs == 20 and 0 < result.median_ms < 1000 and float(result) == result.median_ms
+    keras_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
+    assert convert.evaluate(tflite, x_test, y_test, batch_size=100) == pytest.approx(keras_accuracy, abs=1e-6)
+    assert convert.evaluate(tflite, x_test, np.eye(10)[y_test]) == pytest.approx(keras_accuracy, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(representative_data=np.zeros((10, 9, 9, 1), "float32")), "shape"),
+        (dict(representative_data=np.array([["a"] * 64] * 10).reshape(10, 8, 8, 1)), "numeric"),
+        (dict(representative_data=np.full((10, 8, 8, 1), np.nan, "float32")), "NaN"),
+        (dict(representative_data=np.zeros((0, 8, 8, 1), "float32")), "empty"),
+        (dict(representative_data=iter([])), "empty"),
+        (dict(representative_data=None), "representative_data"),
+        (dict(quantization="int4"), "quantization"),
+        (dict(quantization=None, input_type="int8"), "input_type"),
+        (dict(quantization="float16", output_type="int8"), "output_type"),
+        (dict(on_mismatch="ignore"), "on_mismatch"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_no_file(trained, tmp_path, kwargs, match):
+    model, (x_train, _), _ = trained
+    kwargs = {"representative_data": x_train[:50], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        convert.to_tflite(model, tmp_path / "out.tflite", **kwargs)
+    assert not os.listdir(tmp_path)
+
+
+def test_path_in_a_missing_folder(trained, tmp_path):
+    model, (x_train, _), _ = trained
+    with pytest.raises(ValueError, match="does not exist"):
+        convert.to_tflite(model, tmp_path / "missing" / "m.tflite", representative_data=x_train[:50])
+    assert not os.listdir(tmp_path)
+
+
+def test_not_a_keras_model():
+    with pytest.raises(ValueError, match="model"):
+        convert.to_tflite(object())
+    with pytest.raises(ValueError, match="tflite"):
+        convert.inspect(12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="No .tflite file"):
+            convert.inspect("/nonexistent/model.tflite")
