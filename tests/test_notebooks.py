@@ -32,4 +32,4 @@ def test_notebook_runs(path, tmp_path):
     proc = subprocess.run([sys.executable, "-c", _script(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pruned" in proc.stdout
+    assert "accuracy" in proc.stdout

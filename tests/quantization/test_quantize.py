@@ -275,3 +275,15 @@ def test_subclassed_model_is_refused_with_alternatives():
     net(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="Sequential or Functional"):
         quantization.quantize_model(net)
+
+
+def test_normalization_at_the_input_converts_to_full_int8():
+    data = np.random.default_rng(0).normal(5, 3, (64, 10)).astype("float32")
+    norm = L.Normalization()
+    norm.adapt(data)
+    model = keras.Sequential([keras.Input((10,)), norm, L.Dense(8, activation="relu"), L.Dense(3)])
+    qat = quantization.quantize_model(model)
+    qat.compile("adam", "mse")
+    qat.fit(data, np.zeros((64, 3)), epochs=1, verbose=0)
+    tflite = convert.to_tflite(qat, validation_data=data)
+    assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 30

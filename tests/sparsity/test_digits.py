@@ -51,12 +51,3 @@ def test_pruned_cnn_reaches_target_sparsity_and_keeps_accuracy():
         assert value == pytest.approx(target, abs=0.005), name
     assert pruned_accuracy >= dense_accuracy - 0.02, (dense_accuracy, pruned_accuracy)
 
-
-def test_demo_runs_and_reports():
-    from kopt import demo
-
-    report = demo.run(epochs=3, prune_epochs=3, verbose=0)
-    assert set(report["sparsity"]) == {"conv2d/kernel", "conv2d_1/kernel", "dense/kernel", "dense_1/kernel"}
-    assert all(v == pytest.approx(0.8, abs=0.005) for v in report["sparsity"].values())
-    assert report["pruned_gzip_bytes"] < 0.5 * report["dense_gzip_bytes"]
-    assert 0.5 < report["pruned_accuracy"] <= 1.0
