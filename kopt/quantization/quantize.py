@@ -98,8 +98,9 @@ def quantize_apply(model, *, preserve_sparsity=True):
 
     BatchNormalizations that follow an annotated Conv/DepthwiseConv/Dense are
     folded into it (their statistics are frozen), a ReLU/ReLU6 after a layer
-    shares that layer's output range (TFLite fuses them), and a `QuantizeLayer`
-    is put after each input whose consumers are all quantized. Layers that are
+    shares that layer's output range (TFLite fuses them), a SeparableConv is split
+    into DepthwiseConv + 1x1 Conv (TFLite's two ops, each with its own range), and
+    a `QuantizeLayer` is put after each input whose consumers are all quantized. Layers that are
     not annotated stay float.
 
     Args:
@@ -150,13 +151,20 @@ def quantize_apply(model, *, preserve_sparsity=True):
             if layer is batchnorm:
                 return keras.layers.Identity(name=inner.name)
             inner = transforms.folded_layer(inner, batchnorm.layer)
+        elif layer.quantize_config is None and isinstance(inner, registry.SEPARABLE):
+            depthwise, pointwise = transforms.split_separable(inner)
+            return keras.Sequential([
+                wrap(depthwise, registry.default_config(depthwise), fused=False),  # the intermediate gets a range
+                wrap(pointwise, registry.default_config(pointwise), fused=id(layer) in fused),
+            ], name=inner.name)
         else:
             inner = copy_layer(inner)
-        config = layer.quantize_config or registry.default_config(inner)
+        return wrap(inner, layer.quantize_config or registry.default_config(inner), fused=id(layer) in fused)
+
+    def wrap(inner, config, fused):
         if config is None:
             return inner
-        wrapper = QuantizeWrapper(inner, config, quantize_output=id(layer) not in fused,
-                                  preserve_sparsity=preserve_sparsity)
+        wrapper = QuantizeWrapper(inner, config, quantize_output=not fused, preserve_sparsity=preserve_sparsity)
         created.append(wrapper)
         return wrapper
 

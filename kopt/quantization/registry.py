@@ -11,8 +11,12 @@ L = keras.layers
 # quantized axes).
 _WEIGHTED = (
     ((L.Dense, L.EinsumDense), dict(weight_attrs=["kernel"], per_axis=False)),
-    ((L.Conv1D, L.Conv2D, L.Conv3D), dict(weight_attrs=["kernel"], per_axis=True, axis=-1)),
-    ((L.DepthwiseConv1D, L.DepthwiseConv2D), dict(weight_attrs=["kernel"], per_axis=True, axis=-2)),
+    ((L.Conv2D,), dict(weight_attrs=["kernel"], per_axis=True, axis=-1)),
+    # Conv3D is left out: TFLite has no int8 CONV_3D kernel (it stays float; use float_layers).
+    ((L.DepthwiseConv2D,), dict(weight_attrs=["kernel"], per_axis=True, axis=-2)),
+    # 1-D kernels are expanded to 2-D by the converter (ExpandDims/Reshape), which moves the quantized
+    # channel axis and fails ("'tfl.reshape' op requires ... cast compatible"): per tensor.
+    ((L.Conv1D, L.DepthwiseConv1D), dict(weight_attrs=["kernel"], per_axis=False)),
     ((L.Conv1DTranspose, L.Conv2DTranspose), dict(weight_attrs=["kernel"], per_axis=False)),
 )
 
@@ -35,6 +39,10 @@ PASS_THROUGH = (
 FUSABLE_ACTIVATIONS = ("relu", "relu6")
 
 
+# Split into DepthwiseConv + 1x1 Conv by quantize_apply (see transforms.split_separable).
+SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+
+
 def default_config(layer):
     """Returns the default `QuantizeConfig` for `layer`, `None` for pass-through layers.
 
@@ -54,6 +62,8 @@ def default_config(layer):
 
 
 def is_supported(layer):
+    if isinstance(layer, SEPARABLE):
+        return True
     try:
         default_config(layer)
         return True

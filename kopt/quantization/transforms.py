@@ -94,3 +94,30 @@ def folded_layer(producer, batchnorm):
     new.build_from_config(producer.get_build_config())
     new.set_weights([kernel.astype("float32"), (bias * scale + shift).astype("float32")])
     return new
+
+
+def split_separable(layer):
+    """A SeparableConv1D/2D as DepthwiseConv + 1x1 Conv layers with its weights (TFLite's two ops).
+
+    The intermediate tensor then gets its own quantization range, as in the int8 file.
+
+    Returns:
+        `(depthwise, pointwise)`, built, with `layer`'s weights.
+    """
+    two_d = isinstance(layer, L.SeparableConv2D)
+    depthwise_cls, conv_cls = (L.DepthwiseConv2D, L.Conv2D) if two_d else (L.DepthwiseConv1D, L.Conv1D)
+    config = layer.get_config()
+    depthwise = depthwise_cls(
+        kernel_size=config["kernel_size"], strides=config["strides"], padding=config["padding"],
+        depth_multiplier=config["depth_multiplier"], data_format=config["data_format"],
+        dilation_rate=config["dilation_rate"], use_bias=False, name=f"{layer.name}_depthwise")
+    pointwise = conv_cls(
+        config["filters"], 1, data_format=config["data_format"], activation=config["activation"],
+        use_bias=config["use_bias"], name=f"{layer.name}_pointwise")
+    input_shape = layer.get_build_config()["input_shape"]
+    depthwise.build(input_shape)
+    pointwise.build(depthwise.compute_output_shape(input_shape))
+    values = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
+    depthwise.set_weights([values["depthwise_kernel"]])
+    pointwise.set_weights([values["pointwise_kernel"]] + ([values["bias"]] if config["use_bias"] else []))
+    return depthwise, pointwise

@@ -223,14 +223,17 @@ class ScaleConfig(quantization.QuantizeConfig):
 
 def test_unsupported_layers_are_listed_in_one_error_with_both_ways_out():
     model = keras.Sequential([keras.Input((6, 4)), L.LSTM(4, return_sequences=True, name="lstm"),
+                              L.Reshape((6, 4, 1, 1)), L.Conv3D(1, 1, name="c3d"), L.Reshape((6, 4)),
                               L.LayerNormalization(name="norm"), Scale(name="scale"), L.Flatten(), L.Dense(2)])
     with pytest.raises(ValueError) as error:
         quantization.quantize_model(model)
     message = str(error.value)
-    for name in ("lstm (LSTM)", "norm (LayerNormalization)", "scale (Scale)", "QuantizeConfig", "float_layers"):
+    for name in ("lstm (LSTM)", "c3d (Conv3D)", "norm (LayerNormalization)", "scale (Scale)", "QuantizeConfig",
+                 "float_layers"):
         assert name in message
-    qat = quantization.quantize_model(model, float_layers=["lstm", L.LayerNormalization, "scale"])
-    assert [type(layer).__name__ for layer in qat.layers][:3] == ["LSTM", "LayerNormalization", "Scale"]
+    qat = quantization.quantize_model(model, float_layers=["lstm", L.Conv3D, L.LayerNormalization, "scale"])
+    kinds = [type(layer).__name__ for layer in qat.layers]
+    assert kinds[:6] == ["LSTM", "Reshape", "Conv3D", "Reshape", "LayerNormalization", "Scale"]
 
 
 def test_custom_layer_with_a_quantize_config():
@@ -287,3 +290,37 @@ def test_normalization_at_the_input_converts_to_full_int8():
     qat.fit(data, np.zeros((64, 3)), epochs=1, verbose=0)
     tflite = convert.to_tflite(qat, validation_data=data)
     assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 30
+
+
+@pytest.mark.parametrize("two_d", [True, False])
+def test_separable_convolutions_are_split_and_convert_to_full_int8(two_d):
+    shape, layer = ((12, 12, 4), L.SeparableConv2D(8, 3, depth_multiplier=1, activation="relu")) if two_d else (
+        (16, 4), L.SeparableConv1D(8, 3, activation="relu"))
+    model = keras.Sequential([keras.Input(shape), layer, L.Flatten(), L.Dense(3)])
+    data = np.random.default_rng(0).random((64, *shape)).astype("float32")
+    reference = model.predict(data, verbose=0)
+    qat = quantization.quantize_model(model)
+    split = next(layer for layer in qat.layers if isinstance(layer, keras.Sequential))
+    assert [type(w.layer).__name__ for w in split.layers] == (
+        ["DepthwiseConv2D", "Conv2D"] if two_d else ["DepthwiseConv1D", "Conv1D"])
+    qat.compile(keras.optimizers.SGD(0.0), "mse")
+    qat.fit(data, reference, epochs=1, verbose=0)  # calibrate ranges; weights unchanged
+    assert convert.validate.sqnr_db(reference, qat.predict(data, verbose=0)) > 20  # same function as before
+    tflite = convert.to_tflite(qat, validation_data=data)
+    assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 20
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: L.Conv1D(4, 3, activation="relu"), (10, 3)),
+    (lambda: L.Conv1DTranspose(4, 3, strides=2, padding="same"), (10, 3)),
+    (lambda: L.DepthwiseConv1D(3, activation="relu"), (10, 3)),
+    (lambda: L.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c"), (6,)),
+])
+def test_other_weighted_layers_convert_to_full_int8(layer, shape):
+    model = keras.Sequential([keras.Input(shape), layer(), L.Flatten(), L.Dense(3)])
+    data = np.random.default_rng(0).random((32, *shape)).astype("float32")
+    qat = quantization.quantize_model(model)
+    qat.compile("adam", "mse")
+    qat.fit(data, np.zeros((32, 3)), epochs=1, verbose=0)
+    tflite = convert.to_tflite(qat, validation_data=data, min_top1_agreement=0.0)
+    assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 20
