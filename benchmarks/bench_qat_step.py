@@ -6,7 +6,6 @@ float/QAT pair timed back to back in alternating order, medians of per-round rat
     .venv/bin/python benchmarks/bench_qat_step.py [--rounds 15] [--steps 200] [--batch-size 32]
 """
 
-import argparse
 import os
 import sys
 
@@ -14,29 +13,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402  (Keras 3 first; tfmot below then binds to tf_keras)
-import numpy as np  # noqa: E402
-from common import interleaved_pairs, print_tables, tf_keras_twin, time_fit  # noqa: E402
+from common import (  # noqa: E402
+    compile_all, interleaved_pairs, print_tables, step_benchmark_setup, tf_keras_twin, time_fit)
 
 from kopt import quantization  # noqa: E402
 from kopt.demo import build_cnn  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=200, help="training steps per timed fit")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    n = args.steps * args.batch_size
-    x, y = rng.random((n, 8, 8, 1)).astype("float32"), rng.integers(0, 10, n)
-
+    args, x, y, tfmot, tf_keras = step_benchmark_setup(__doc__)
     base = build_cnn()
     models = {
         "Keras 3 float": base,
@@ -44,9 +29,7 @@ def main():
         "tf_keras float": tf_keras_twin(base),
         "tfmot QAT (tf_keras)": tfmot.quantization.keras.quantize_model(tf_keras_twin(base)),
     }
-    for name, model in models.items():
-        lib = keras if "Keras 3" in name else tf_keras
-        model.compile(lib.optimizers.Adam(1e-3), lib.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compile_all(models, keras, tf_keras)
 
     medians, ratios = interleaved_pairs(
         {"kopt QAT / Keras 3 float": ("Keras 3 float", "kopt QAT (Keras 3)"),

@@ -1,7 +1,40 @@
 """Shared by the benchmark scripts: the tf_keras twin of the digits CNN and interleaved pair timing."""
 
+import argparse
+import os
 import statistics
 import time
+
+
+def step_benchmark_setup(doc):
+    """Parses --rounds/--steps/--batch-size, imports tfmot (binding it to tf_keras after Keras 3) and makes data.
+
+    Returns:
+        `(args, x, y, tfmot, tf_keras)` with random digits-shaped data for `args.steps` batches.
+    """
+    import keras
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per timed fit")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n = args.steps * args.batch_size
+    return args, rng.random((n, 8, 8, 1)).astype("float32"), rng.integers(0, 10, n), tfmot, tf_keras
+
+
+def compile_all(models, keras, tf_keras):
+    """Compiles each model with Adam and sparse categorical cross-entropy of its own Keras."""
+    for name, model in models.items():
+        lib = keras if "Keras 3" in name else tf_keras
+        model.compile(lib.optimizers.Adam(1e-3), lib.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
 def tf_keras_twin(model):

@@ -9,3 +9,32 @@ def accepted_kwargs(layer, kwargs):
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+def call_with_values(layer, substitutes, *args, **kwargs):
+    """Calls `layer` with some of its variables read as other values, keeping its other state updates.
+
+    This is how the wrappers run a layer on `weight * mask` or on fake-quantized weights without
+    writing to the layer's variables inside the (possibly replicated) training step.
+
+    Args:
+        layer: the wrapped layer.
+        substitutes: list of `(variable, value)`; inside the call, `variable` reads as `value`
+            (gradients flow through `value`).
+        *args, **kwargs: the call's arguments (keyword arguments `layer.call` does not take are dropped).
+
+    Returns:
+        The layer's outputs. State the layer wrote during the call (e.g. RNG seeds, statistics) is
+        assigned to its variables afterwards.
+    """
+    import keras
+
+    with keras.StatelessScope(state_mapping=substitutes) as scope:
+        outputs = layer(*args, **accepted_kwargs(layer, kwargs))
+    substituted = {id(variable) for variable, _ in substitutes}
+    for variable in layer.variables:
+        if id(variable) not in substituted:
+            value = scope.get_current_value(variable)
+            if value is not None:
+                variable.assign(value)
+    return outputs

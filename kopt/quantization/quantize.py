@@ -2,7 +2,7 @@
 
 import keras
 
-from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers
+from kopt._keras.clone import consumers, copy_layer, is_graph_model, rewrite_model, walk_layers
 from kopt.quantization import registry, transforms
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import QuantizeConfig
@@ -169,8 +169,6 @@ def quantize_apply(model, *, preserve_sparsity=True):
         return wrapper
 
     def input_consumers_quantized():
-        from kopt._keras.clone import consumers
-
         if isinstance(model, keras.Sequential):
             return bool(model.layers) and is_quantized(model.layers[0])
         users = consumers(model)

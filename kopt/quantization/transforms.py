@@ -81,7 +81,7 @@ def folded_layer(producer, batchnorm):
     variance = bn_weights["moving_variance"]
     scale = bn_weights.get("gamma", np.ones_like(variance)) / np.sqrt(variance + batchnorm.epsilon)
     shift = bn_weights.get("beta", np.zeros_like(variance)) - bn_weights["moving_mean"] * scale
-    kernel = producer.kernel.numpy() if hasattr(producer.kernel, "numpy") else keras.ops.convert_to_numpy(producer.kernel)
+    kernel = keras.ops.convert_to_numpy(producer.kernel)
     bias = keras.ops.convert_to_numpy(producer.bias) if producer.use_bias else np.zeros_like(variance)
     if isinstance(producer, L.DepthwiseConv2D):
         h, w, channels, multiplier = kernel.shape

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kopt._keras.calls import accepted_kwargs
+from kopt._keras.calls import call_with_values
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -100,15 +100,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             for (variable, value), (_, quantizer), state in zip(
                 self.effective_weights(), self._weights_and_quantizers, self._weight_states)
         ]
-        kwargs = accepted_kwargs(self.layer, {**kwargs, "training": training})
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        quantized_ids = {id(v) for v, _ in mapping}
-        for variable in self.layer.variables:
-            if id(variable) not in quantized_ids:
-                value = scope.get_current_value(variable)
-                if value is not None:
-                    variable.assign(value)
+        outputs = call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
 
         if self.activation is not None:
             if _activation_name(self.activation) in _PRE_QUANTIZED:

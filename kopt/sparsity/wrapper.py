@@ -6,7 +6,7 @@ import numbers
 import keras
 from keras import ops
 
-from kopt._keras.calls import accepted_kwargs
+from kopt._keras.calls import call_with_values
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -249,18 +249,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if not self._step_callback_attached:
                 raise ValueError(_CALLBACK_ERROR.format(name=self.name))
             self.update_masks()
-        kwargs = accepted_kwargs(self.layer, {**kwargs, "training": training})
         masked = [(w, w * ops.cast(m, w.dtype)) for w, m in zip(self._pruned_weights, self.masks)]
-        with keras.StatelessScope(state_mapping=masked) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        # The scope held back any state the wrapped layer wrote (e.g. RNG seeds): apply it.
-        pruned_ids = {id(w) for w in self._pruned_weights}
-        for variable in self.layer.variables:
-            if id(variable) not in pruned_ids:
-                value = scope.get_current_value(variable)
-                if value is not None:
-                    variable.assign(value)
-        return outputs
+        return call_with_values(self.layer, masked, inputs, *args, training=training, **kwargs)
 
     # -- shapes, masks and config -----------------------------------------------------------
 

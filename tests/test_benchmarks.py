@@ -1,0 +1,20 @@
+"""The benchmark scripts still run (tiny settings; their figures live in benchmarks/RESULTS.md, not in tests)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, label", [("bench_pruning_step.py", "kopt pruned / Keras 3 dense"),
+                                           ("bench_qat_step.py", "kopt QAT / Keras 3 float")])
+def test_step_benchmark_runs(script, label):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "4"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert label in proc.stdout and "tfmot" in proc.stdout
