@@ -83,7 +83,8 @@ def _convert(model, quantization, calibration, input_type, output_type):
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="kopt-export-") as export_dir:
-        # The Keras-3-safe path: export a SavedModel, convert it (from_keras_model is fragile on Keras 3).
+        # The Keras-3-safe path: export a SavedModel and convert that (converting the Keras object
+        # directly is fragile on Keras 3).
         model.export(export_dir, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(export_dir)
         if quantization is not None:
