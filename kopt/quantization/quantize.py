@@ -127,11 +127,15 @@ def quantize_apply(model, *, preserve_sparsity=True):
     def is_quantized(layer):
         return isinstance(layer, QuantizeAnnotate)
 
-    unsupported = [
-        f"{layer.name} ({type(layer.layer).__name__})"
-        for layer in walk_layers(model)
+    unsupported_layers = [
+        layer.layer for layer in walk_layers(model)
         if is_quantized(layer) and layer.quantize_config is None and not registry.is_supported(layer.layer)
     ]
+    unsupported = [f"{layer.name} ({type(layer).__name__})" for layer in unsupported_layers]
+    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in unsupported_layers):
+        raise ValueError(
+            "The model still has pruning wrappers (" + ", ".join(unsupported) + "). Strip them first: "
+            "`quantize_model(kopt.sparsity.strip_pruning(model))`; the zeros are kept through QAT.")
     if unsupported:
         raise ValueError(
             "The default 8-bit scheme does not support these layers: " + ", ".join(unsupported) + ". Either "

@@ -324,3 +324,9 @@ def test_other_weighted_layers_convert_to_full_int8(layer, shape):
     qat.fit(data, np.zeros((32, 3)), epochs=1, verbose=0)
     tflite = convert.to_tflite(qat, validation_data=data, min_top1_agreement=0.0)
     assert convert.inspect(tflite).is_full_integer and tflite.report.sqnr_db > 20
+
+
+def test_a_pruned_model_must_be_stripped_first():
+    pruned = sparsity.prune_low_magnitude(keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")]))
+    with pytest.raises(ValueError, match="strip_pruning"):
+        quantization.quantize_model(pruned)
