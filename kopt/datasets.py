@@ -1,6 +1,5 @@
 """Small real datasets that ship with packages (nothing is downloaded)."""
 
-import numpy as np
 
 
 def load_digits(test_fraction=0.25, seed=0):
