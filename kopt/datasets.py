@@ -1,7 +1,6 @@
 """Small real datasets that ship with packages (nothing is downloaded)."""
 
 
-
 def load_digits(test_fraction=0.25, seed=0):
     """scikit-learn's bundled handwritten digits (1797 8x8 grey images, 10 classes).
 
