@@ -31,14 +31,11 @@ def collect_samples(data, input_shape, name, limit):
         raise ValueError(f"`{name}` is None.")
     if callable(data) and not hasattr(data, "shape"):
         data = data()
-    try:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        if isinstance(data, tf.data.Dataset):
-            data = data.unbatch() if _is_batched(data, input_shape) else data
-            data = data.take(limit).as_numpy_iterator()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(data, tf.data.Dataset):
+        data = data.unbatch() if _is_batched(data, input_shape) else data
+        data = data.take(limit).as_numpy_iterator()
     if isinstance(data, np.ndarray) or hasattr(data, "__array__") and not hasattr(data, "__next__"):
         array = np.asarray(data)
         if array.ndim == len(input_shape) - 1:

@@ -1,6 +1,7 @@
 """`quantize_model`, `quantize_annotate_layer`, `quantize_annotate_model`, `quantize_apply` (tfmot's API)."""
 
 import keras
+import numpy as np
 
 from kopt._keras.clone import consumers, copy_layer, is_graph_model, rewrite_model, walk_layers
 from kopt.quantization import registry, transforms
@@ -106,7 +107,8 @@ def quantize_apply(model, *, preserve_sparsity=True):
     Args:
         model: a built Sequential or Functional model with `QuantizeAnnotate` layers.
         preserve_sparsity: keep weights that are exactly zero at zero through
-            training (a pruned model stays pruned; no effect on dense weights).
+            training (a pruned model stays pruned); layers whose weights have no
+            zeros get no mask and no extra work.
 
     Returns:
         A new QAT model, not compiled. Compile and fit it, then convert it with
@@ -168,7 +170,11 @@ def quantize_apply(model, *, preserve_sparsity=True):
     def wrap(inner, config, fused):
         if config is None:
             return inner
-        wrapper = QuantizeWrapper(inner, config, quantize_output=not fused, preserve_sparsity=preserve_sparsity)
+        # Masks (and their multiply in every step) only where there are zeros to keep.
+        keep_zeros = preserve_sparsity and inner.built and any(
+            np.any(keras.ops.convert_to_numpy(variable) == 0)
+            for variable, _ in config.get_weights_and_quantizers(inner))
+        wrapper = QuantizeWrapper(inner, config, quantize_output=not fused, preserve_sparsity=keep_zeros)
         created.append(wrapper)
         return wrapper
 

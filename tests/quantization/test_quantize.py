@@ -330,3 +330,8 @@ def test_a_pruned_model_must_be_stripped_first():
     pruned = sparsity.prune_low_magnitude(keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")]))
     with pytest.raises(ValueError, match="strip_pruning"):
         quantization.quantize_model(pruned)
+
+
+def test_dense_weights_get_no_sparsity_mask():
+    qat = quantization.quantize_model(build_cnn())
+    assert all(not w.sparsity_masks for w in qat.layers if isinstance(w, quantization.QuantizeWrapper))
