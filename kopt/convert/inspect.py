@@ -127,6 +127,112 @@ def inspect(tflite):
     )
 
 
+def _to_file_type(batch, detail):
+    """Float samples -> the dtype of an input tensor (quantized with its scale and zero point if it has them)."""
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = detail["quantization"]
+        if scale:
+            info = np.iinfo(dtype)
+            return np.clip(np.round(np.asarray(batch, "float32") / scale + zero), info.min, info.max).astype(dtype)
+    return np.asarray(batch).astype(dtype)
+
+
+def _from_file_type(y, detail):
+    """An output tensor -> float32 (dequantized if it is a quantized integer tensor)."""
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+        scale, zero = detail["quantization"]
+        if scale:
+            return ((y.astype("float32") - zero) * scale).astype("float32")
+    return np.asarray(y).astype("float32")
+
+
+def signature_names(tflite, signature_key=None):
+    """`(input names, output names)` of a signature of a .tflite model (its only or first one by default).
+
+    Args:
+        tflite: the model's bytes or a path.
+        signature_key: which signature; None: the first ("serving_default" for
+            files made from a SavedModel).
+
+    Returns:
+        Two lists of names, or `([], [])` when the file has no signature.
+    """
+    signatures = interpreter(tflite, delegates=False).get_signature_list()
+    if not signatures:
+        return [], []
+    entry = signatures[signature_key or next(iter(signatures))]
+    return list(entry["inputs"]), list(entry["outputs"])
+
+
+def output_scales(tflite, signature_key=None):
+    """The int8/int16 quantization step of each signature output of a .tflite model.
+
+    For a quantized output tensor, its scale; for a float output computed by a
+    final DEQUANTIZE, the scale of the quantized tensor it dequantizes; else 0.
+
+    Args:
+        tflite: the model's bytes or a path.
+        signature_key: which signature; None: the first one.
+
+    Returns:
+        A dict from signature output name to a float scale (0.0: not quantized).
+    """
+    it = interpreter(tflite, delegates=False)
+    signatures = it.get_signature_list()
+    if not signatures:
+        return {}
+    details = it.get_signature_runner(signature_key or next(iter(signatures))).get_output_details()
+    producers = {out: op for op in it._get_ops_details() for out in op["outputs"]}
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+
+    def scale(index):
+        params = tensors[index].get("quantization_parameters", {})
+        scales = params.get("scales", [])
+        return float(scales[0]) if len(scales) == 1 else 0.0
+
+    result = {}
+    for name, detail in details.items():
+        value = scale(detail["index"])
+        op = producers.get(detail["index"])
+        if not value and op is not None and op["op_name"] == "DEQUANTIZE":
+            value = scale(op["inputs"][0])
+        result[name] = value
+    return result
+
+
+def run_signature(tflite, inputs, batch_size=256, signature_key=None):
+    """Runs a .tflite model by its signature's names, in batches; quantizes inputs and dequantizes outputs.
+
+    Args:
+        tflite: the model's bytes or a path.
+        inputs: dict from signature input name to a float (or integer) array;
+            all with the same number of samples.
+        batch_size: samples per interpreter call.
+        signature_key: which signature; None: the first one.
+
+    Returns:
+        A dict from signature output name to a float32 array.
+    """
+    it = interpreter(tflite)
+    signatures = it.get_signature_list()
+    if not signatures:
+        raise ValueError("The .tflite model has no signature, so its inputs cannot be matched by name. "
+                         "Convert it from a SavedModel (kopt.convert.to_tflite does).")
+    runner = it.get_signature_runner(signature_key or next(iter(signatures)))
+    input_details, output_details = runner.get_input_details(), runner.get_output_details()
+    if set(inputs) != set(input_details):
+        raise ValueError(f"The .tflite signature has inputs {sorted(input_details)}, got {sorted(inputs)}.")
+    total = len(next(iter(inputs.values())))
+    results = {name: [] for name in output_details}
+    for start in range(0, total, batch_size):
+        feed = {name: _to_file_type(x[start:start + batch_size], input_details[name]) for name, x in inputs.items()}
+        outputs = runner(**feed)
+        for name, y in outputs.items():
+            results[name].append(_from_file_type(y, output_details[name]))
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
 def run(tflite, x, batch_size=256):
     """Runs a single-input model on `x` in batches; quantizes inputs and dequantizes outputs as needed.
 
@@ -137,21 +243,13 @@ def run(tflite, x, batch_size=256):
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     results = []
     for start in range(0, len(x), batch_size):
-        batch = np.asarray(x[start:start + batch_size], dtype="float32")
+        batch = np.asarray(x[start:start + batch_size])
         it.resize_tensor_input(inp["index"], batch.shape)
         it.allocate_tensors()
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            batch = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], batch.astype(inp["dtype"]))
+        it.set_tensor(inp["index"], _to_file_type(batch, inp))
         it.invoke()
-        y = it.get_tensor(out["index"])
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
-            y = (y.astype("float32") - zero) * scale
-        results.append(y.astype("float32"))
+        results.append(_from_file_type(it.get_tensor(out["index"]), out))
     return np.concatenate(results)
 
 
@@ -216,18 +314,18 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
     if runs < 1:
         raise ValueError(f"`runs` must be >= 1, got {runs}.")
     it = interpreter(tflite, threads=threads)
-    inp = it.get_input_details()[0]
-    shape = [batch_size] + [int(d) for d in inp["shape"][1:]]
-    it.resize_tensor_input(inp["index"], shape)
+    for inp in it.get_input_details():  # every input, so multi-input models run on defined data
+        it.resize_tensor_input(inp["index"], [batch_size] + [int(d) for d in inp["shape"][1:]])
     it.allocate_tensors()
-    inp = it.get_input_details()[0]
     rng = np.random.default_rng(0)
-    if np.issubdtype(inp["dtype"], np.integer):
-        info = np.iinfo(inp["dtype"])
-        data = rng.integers(info.min, info.max + 1, size=shape).astype(inp["dtype"])
-    else:
-        data = rng.random(shape).astype(inp["dtype"])
-    it.set_tensor(inp["index"], data)
+    for inp in it.get_input_details():
+        shape = [int(d) for d in inp["shape"]]
+        if np.issubdtype(inp["dtype"], np.integer):
+            info = np.iinfo(inp["dtype"])
+            data = rng.integers(info.min, info.max + 1, size=shape).astype(inp["dtype"])
+        else:
+            data = rng.random(shape).astype(inp["dtype"])
+        it.set_tensor(inp["index"], data)
     for _ in range(warmup):
         it.invoke()
     times = []

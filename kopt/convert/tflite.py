@@ -6,17 +6,19 @@ import tempfile
 import warnings
 
 import keras
-import numpy as np
 
-from kopt._keras.clone import walk_layers
+from kopt.convert import data as data_lib
 from kopt.convert import validate as validate_lib
-from kopt.convert.data import collect_samples
 from kopt.convert.inspect import inspect
+from kopt.convert.qat_state import input_ranges, is_quantization_aware, uncalibrated_quantizers
+
+__all__ = ["TFLiteModel", "is_quantization_aware", "to_tflite"]
 
 logger = logging.getLogger("kopt")
 
 MODES = (None, "float16", "dynamic", "int8", "int16x8")
 _INT_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16"}
+_SYNTHETIC_SAMPLES = 100  # validation samples made up when no data is given
 
 
 class TFLiteModel(bytes):
@@ -26,20 +28,11 @@ class TFLiteModel(bytes):
     path = None
 
 
-def is_quantization_aware(model):
-    """Whether `model` holds kopt QAT layers (its ranges come from training, not from calibration)."""
-    from kopt.quantization import QuantizeLayer, QuantizeWrapper
-
-    return any(isinstance(layer, (QuantizeWrapper, QuantizeLayer)) for layer in walk_layers(model))
-
-
 def _check_arguments(model, path, quantization, input_type, output_type, on_mismatch):
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a Keras 3 keras.Model, got {type(model).__module__}.{type(model).__name__}.")
     if not model.built or not getattr(model, "inputs", None):
         raise ValueError(f"`model` ('{model.name}') must be built with known inputs: give it a keras.Input.")
-    if len(model.inputs) != 1:
-        raise ValueError(f"`model` has {len(model.inputs)} inputs; to_tflite supports single-input models.")
     if quantization not in MODES:
         raise ValueError(f"`quantization` must be one of {MODES}, got {quantization!r}. "
                          "Use 'int8' for full-integer models (edge devices), None for float32.")
@@ -95,9 +88,14 @@ def _convert(model, quantization, calibration, input_type, output_type):
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         if calibration is not None:
+            # A dict {signature input name: samples} feeds each input by name; an array, the only input.
             def representative_dataset():
-                for sample in calibration:
-                    yield [sample[None]]
+                if isinstance(calibration, dict):
+                    for i in range(len(next(iter(calibration.values())))):
+                        yield {name: samples[i:i + 1] for name, samples in calibration.items()}
+                else:
+                    for sample in calibration:
+                        yield [sample[None]]
 
             converter.representative_dataset = representative_dataset
         if quantization in ("int8", "int16x8"):
@@ -116,30 +114,53 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     The conversion goes through an exported SavedModel. In "int8" mode every op
     must run in integer arithmetic: float ops left by the converter are named
     (with their tensors, which carry the layer names) in a ValueError. With
-    `validate`, the file runs in LiteRT's interpreter on held samples and is
-    compared with the Keras model (max abs error, SQNR, top-1 agreement); a
-    mismatch past the thresholds raises (or warns). The file is written only
-    when everything passed, atomically.
+    `validate`, the file runs in LiteRT's interpreter on held samples and every
+    output is compared with the Keras output of the same name (SQNR, max abs
+    error, and top-1 agreement on samples whose reference top-1 is decisive,
+    see `kopt.convert.validate`); if any output misses a threshold, this
+    raises (or warns). The file is written only when everything passed,
+    atomically.
+
+    Default thresholds depend on where the int8 ranges come from. A QAT file
+    differs from its QAT model only by integer rounding, which compounds with
+    depth: int8 QAT files must reach 35 dB less 0.35 dB per op of the file, at
+    least 12 dB (32.9 dB for a 6-op CNN, 12 dB from 66 ops on), and 95%
+    decisive top-1. Post-training int8 files: 12 dB, 95%. Float modes: None
+    50 dB, float16 35 dB, dynamic and int16x8 20 dB. `report.source`,
+    `report.min_sqnr_db` and `str(report)` say which applied (see
+    `kopt.convert.validate.default_thresholds`).
+
+    Models with several inputs and outputs work: give data as a list of arrays
+    (in `model.inputs` order) or a dict keyed by input name, or a dataset /
+    generator yielding such lists, dicts or `(inputs, targets)` pairs.
 
     Args:
-        model: a built single-input Keras 3 model (float or QAT).
+        model: a built Keras 3 model (float or QAT), with one or more inputs
+            and outputs.
         path: where to write the .tflite file (its folder must exist); None
             writes nothing.
         quantization: "int8" (full integer), "int16x8" (int16 activations, int8
             weights), "float16", "dynamic" (int8 weights, float activations), or
             None (float32).
         representative_data: calibration samples for a float model in "int8" /
-            "int16x8" mode: a numpy array, a `tf.data.Dataset` or a generator
-            (of inputs or `(x, y)` pairs). At most `max_samples` are used.
+            "int16x8" mode (for a QAT model: for the tensors inside custom
+            layers that no QAT range covers; its trained ranges are kept): a numpy array (a list or dict of arrays for several
+            inputs), a `tf.data.Dataset` or a generator (of inputs or
+            `(x, y)` pairs). At most `max_samples` are used.
         input_type: "int8" (default in "int8" mode), "uint8", "int16" (default in
             "int16x8" mode) or "float32".
         output_type: as `input_type`.
         validate: compare the file with the Keras model before returning.
-        validation_data: samples to validate on; default: representative samples
-            beyond those used for calibration, else the calibration samples.
+        validation_data: samples to validate on (same forms as
+            `representative_data`); default: representative samples beyond those
+            used for calibration, else the calibration samples; with no data at
+            all (float modes, QAT models), up to 100 synthetic samples (uniform
+            in [0, 1), or in a QAT model's input range), with a warning.
         max_samples: most samples used for calibration, and for validation.
-        min_sqnr_db: SQNR threshold; default depends on the mode (int8: 12 dB).
-        min_top1_agreement: top-1 agreement threshold for classifiers (int8: 0.95).
+        min_sqnr_db: SQNR threshold for every output; default by mode and source
+            (see above).
+        min_top1_agreement: decisive top-1 agreement threshold for classifier
+            outputs; default by mode and source.
         on_mismatch: "raise" (default) or "warn" when validation fails.
         allow_float_ops: in "int8" mode, accept float ops left by the converter.
         verbose: print the validation report.
@@ -148,6 +169,11 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
         The model as `TFLiteModel` bytes, with `.report` (a `ValidationReport`
         or None) and `.path`.
 
+    Raises:
+        ValueError: bad arguments or data; a QAT model whose activation ranges
+            no training step has set (fit it first); float ops left in "int8"
+            mode; a file that does not match the model (`on_mismatch="raise"`).
+
     Example:
 
     ```python
@@ -155,21 +181,32 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     tflite = kopt.convert.to_tflite(model, representative_data=data, min_top1_agreement=0.5)
     print(tflite.report)
     ```
+
+    Several inputs, data keyed by input name (or a list in `model.inputs` order):
+
+    ```python
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    two = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    data = {"a": np.random.rand(64, 4).astype("float32"), "b": np.random.rand(64, 3).astype("float32")}
+    tflite = kopt.convert.to_tflite(two, representative_data=data, min_top1_agreement=0.5)
+    ```
     """
     _check_arguments(model, path, quantization, input_type, output_type, on_mismatch)
     integer_mode = quantization in ("int8", "int16x8")
     default_type = {"int8": "int8", "int16x8": "int16"}.get(quantization, "float32")
     input_type = input_type or default_type
     output_type = output_type or default_type
-    input_shape = tuple(model.inputs[0].shape)
+    inputs = data_lib.model_inputs(model)
     qat = is_quantization_aware(model)
+    if qat:
+        _check_calibrated(model)
 
     samples = None
     if representative_data is not None:
-        samples = collect_samples(representative_data, input_shape, "representative_data", 2 * max_samples)
+        samples = data_lib.collect_inputs(representative_data, inputs, "representative_data", 2 * max_samples)
     held = None
     if validation_data is not None:
-        held = collect_samples(validation_data, input_shape, "validation_data", max_samples)
+        held = data_lib.collect_inputs(validation_data, inputs, "validation_data", max_samples)
 
     calibration = None
     if integer_mode and not qat:
@@ -177,13 +214,25 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
             raise ValueError(
                 f"quantization={quantization!r} of a float model needs `representative_data` (100-500 typical "
                 "inputs) to calibrate the ranges. Or train it with kopt.quantization.quantize_model first.")
-        calibration = samples[:max_samples]
+        calibration = data_lib.take(samples, 0, max_samples)
         if held is None:
-            held = samples[max_samples:] if len(samples) > max_samples else calibration
+            held = data_lib.take(samples, max_samples) if data_lib.count(samples) > max_samples else calibration
+    elif integer_mode and samples is not None:
+        # A QAT model keeps its trained ranges (measured: every FakeQuant range is unchanged); the
+        # converter calibrates only the tensors that no QAT range covers (inside custom layers).
+        calibration = data_lib.take(samples, 0, max_samples)
+        if held is None:
+            held = data_lib.take(samples, max_samples) if data_lib.count(samples) > max_samples else calibration
     elif held is None and samples is not None:
-        held = samples[:max_samples]
+        held = data_lib.take(samples, 0, max_samples)
 
-    content = _convert(model, quantization, calibration, input_type, output_type)
+    named = None if calibration is None else {spec.name: s for spec, s in zip(inputs, calibration)}
+    converted = model
+    if integer_mode and not qat:
+        from kopt.quantization import with_integer_forms
+
+        converted = with_integer_forms(model)  # e.g. LayerNormalization without NEG; same function
+    content = _convert(converted, quantization, named, input_type, output_type)
 
     if quantization == "int8" and not allow_float_ops:
         info = inspect(content)
@@ -191,23 +240,28 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
             raise ValueError(
                 "The converter left float ops in quantization='int8' mode, so the model is not full integer: "
                 + ", ".join(f"{op} (tensor '{name}')" for op, name in info.float_ops)
-                + ". Quantize those layers (a QuantizeConfig for custom layers), or pass allow_float_ops=True.")
+                + ". Quantize those layers (a QuantizeConfig for custom layers)"
+                + (", or pass representative_data: the converter then calibrates the tensors that no QAT range "
+                   "covers" if qat and calibration is None else "")
+                + "; or pass allow_float_ops=True.")
 
     report = None
     if validate:
-        if held is None:
-            if not qat:
-                raise ValueError("validate=True needs `validation_data` (or `representative_data`) to compare "
-                                 "the file with the model on; or pass validate=False.")
-            held = _samples_in_input_range(model, input_shape, max_samples)
-            warnings.warn("No validation_data: validated on random inputs within the QAT input range.", stacklevel=2)
-        report = validate_lib.compare(model, content, held, quantization, min_sqnr_db, min_top1_agreement)
+        synthetic = held is None
+        if synthetic:
+            ranges = input_ranges(model) if qat else None
+            held = data_lib.synthetic_inputs(inputs, min(max_samples, _SYNTHETIC_SAMPLES), ranges)
+            where = "within the QAT input range" if qat else "uniform in [0, 1)"
+            warnings.warn(f"No validation_data: validated on {data_lib.count(held)} synthetic inputs {where}. "
+                          "Pass validation_data to check the file on real inputs.", stacklevel=2)
+        report = validate_lib.compare(model, content, held, quantization, min_sqnr_db, min_top1_agreement,
+                                      quantization_aware=qat, synthetic=synthetic)
         if verbose:
             print(report)
         if not report.passed:
             message = f"The TFLite model does not match the Keras model: {report}"
             if on_mismatch == "raise":
-                raise ValueError(message + ". Nothing was written. Pass on_mismatch='warn' to keep it anyway.")
+                raise ValueError(message + "\nNothing was written. Pass on_mismatch='warn' to keep it anyway.")
             warnings.warn(message, stacklevel=2)
 
     result = TFLiteModel(content)
@@ -218,14 +272,15 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     return result
 
 
-def _samples_in_input_range(model, input_shape, count):
-    from kopt.quantization import QuantizeLayer
-
-    low, high = 0.0, 1.0
-    for layer in walk_layers(model):
-        if isinstance(layer, QuantizeLayer):
-            low = float(keras.ops.convert_to_numpy(layer._state["min"]))
-            high = float(keras.ops.convert_to_numpy(layer._state["max"]))
-            break
-    shape = (count,) + tuple(d if d is not None else 1 for d in input_shape[1:])
-    return np.random.default_rng(0).uniform(low, high, size=shape).astype("float32")
+def _check_calibrated(model, shown=8):
+    missing = uncalibrated_quantizers(model)
+    if not missing:
+        return
+    names = [f"{layer} ({quantizer})" for layer, quantizer in missing]
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    raise ValueError(
+        f"`model` ('{model.name}') is a quantization-aware model whose activation ranges were never set by "
+        f"training: {len(missing)} quantizers still hold their initial range (e.g. [-6, 6]): {listed}. Its file "
+        "would be quantized with those placeholder ranges. Fit the QAT model first (a few batches are enough), "
+        "or run a calibration pass that trains no weight: a few typical batches in training mode, "
+        "`for batch in batches: model(batch, training=True)`.")

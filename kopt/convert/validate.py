@@ -1,12 +1,37 @@
-"""Comparing a .tflite model with the Keras model it came from."""
+"""Comparing a .tflite model with the Keras model it came from, output by output.
+
+Every output of the file is matched to the Keras output of the same name (the
+SavedModel signature keys `model.export` writes: the dict keys of a dict-output
+model, else `output_0`, `output_1` ... in `model.outputs` order) and compared:
+
+- SQNR, `10 log10(sum(ref^2) / sum((ref - tflite)^2))` in dB over all samples;
+- for classifier outputs (shape `(n, classes)`, classes > 1), top-1 agreement
+  counted only on *decisive* samples: those whose reference top-1 value
+  exceeds the runner-up by more than `TIE_STEPS` (2) quantization steps of the
+  output. The step is the larger of the output's quantization scale in the
+  file (for a float output after a final DEQUANTIZE, the scale it
+  dequantizes from; e.g. 1/256 for an int8 softmax) and
+  `(max(ref) - min(ref)) / 255` over the validated samples (the step an int8
+  tensor covering the output's range has; this alone for float files).
+  Rounding the output moves the difference of two values by up to one step,
+  so on a near-tied sample the top two may legitimately swap: those samples
+  are excluded and counted (`tied_samples`). A broken file with an inflated
+  output scale would exclude more samples, but its rounding then shows in
+  SQNR.
+
+The worst output decides: the file passes when every output reaches both
+thresholds.
+"""
 
 import dataclasses
 
 import numpy as np
 
-from kopt.convert.inspect import run
+from kopt.convert import data as data_lib
+from kopt.convert.inspect import output_scales, run_signature, signature_names
 
-# Default acceptance thresholds per conversion mode: (minimum SQNR in dB, minimum top-1 agreement).
+# Default acceptance thresholds, (minimum SQNR in dB, minimum decisive top-1 agreement).
+# Post-training files (a float model converted; its int8 ranges come from calibration) and float files, per mode:
 THRESHOLDS = {
     None: (50.0, 0.999),
     "float16": (35.0, 0.99),
@@ -14,6 +39,107 @@ THRESHOLDS = {
     "int16x8": (20.0, 0.97),
     "int8": (12.0, 0.95),
 }
+# Quantization-aware int8 files. Their ranges are the QAT model's own, so a file differs from its QAT model
+# only where integer kernels round differently from the float simulation (by 1 LSB, e.g. ADD rescales each
+# input before summing). Those differences compound along the graph, so how closely a correct file matches
+# depends on its depth. Measured with benchmarks/measure_thresholds.py (QAT file vs QAT model; ops: ops of
+# the file with a quantized output, see count_ops): digits CNN (6 ops) 53.3-53.8 dB; 10 inverted-residual
+# blocks (43 ops) 32.2 dB; MobileNetV2(alpha=0.35, 64x64, 10 classes, 3 epochs on digits, 81% accurate;
+# 64-65 ops) 18.0 dB (softmax) and 19.3 dB (logits), 97.0-97.9% decisive top-1. Post-training files of the
+# same models: 40.4, 28.3 and 15.1-16.6 dB (93.9-94.7%). A fixed 30 dB would reject that correct MobileNetV2
+# file, so the default SQNR is 35 dB less 0.35 dB per op, never below the post-training 12 dB: 32.9 dB for
+# the digits CNN, which rejects its file with one activation range halved (17.4-21.5 dB; the post-training
+# 12 dB accepts it); 19.95 dB for the 43-op stack; 12.25-12.6 dB for MobileNetV2, whose file with the stem's
+# output scale halved or doubled falls to 0.3-2.9 dB.
+QAT_INT8_SQNR_DB = (35.0, 0.35, 12.0)  # (base, less per op, floor)
+QAT_INT8_TOP1 = 0.95
+TIE_STEPS = 2.0  # a sample is decisive when its reference top-2 margin exceeds 2 quantization steps of the output
+
+QUANTIZATION_AWARE = "quantization-aware"
+POST_TRAINING = "post-training"
+
+
+def default_thresholds(mode, quantization_aware, ops=0):
+    """The default `(min_sqnr_db, min_top1_agreement)` for a conversion mode and source.
+
+    Post-training and float files: `THRESHOLDS[mode]`. Quantization-aware int8
+    files: SQNR >= 35 dB less 0.35 dB per op of the file, at least 12 dB (the
+    post-training default), and 95% decisive top-1 (see `QAT_INT8_SQNR_DB`).
+
+    Args:
+        mode: the `quantization` of `to_tflite` (None, "float16", "dynamic",
+            "int16x8", "int8").
+        quantization_aware: whether the model is a QAT model (its ranges come
+            from training).
+        ops: ops of the file with a quantized output, other than QUANTIZE /
+            DEQUANTIZE (its depth, see `count_ops`).
+
+    Returns:
+        A tuple of the two thresholds.
+
+    Example:
+
+    ```python
+    min_sqnr_db, min_top1 = kopt.convert.validate.default_thresholds("int8", quantization_aware=True, ops=6)
+    ```
+    """
+    if quantization_aware and mode == "int8":
+        base, per_op, floor = QAT_INT8_SQNR_DB
+        return round(max(floor, base - per_op * ops), 2), QAT_INT8_TOP1
+    return THRESHOLDS[mode]
+
+
+def count_ops(tflite):
+    """Ops of a .tflite model with a quantized output, other than QUANTIZE/DEQUANTIZE (its depth).
+
+    Shape arithmetic (SHAPE, STRIDED_SLICE, PACK ... on int32) and float ops do
+    not count: this is the number of places the file writes quantized
+    activations, where integer rounding can differ from the QAT simulation.
+    """
+    from kopt.convert.inspect import inspect
+
+    return sum(1 for op in inspect(tflite).ops
+               if op["op"] not in ("QUANTIZE", "DEQUANTIZE") and any(t["scales"] for t in op["outputs"]))
+
+
+@dataclasses.dataclass
+class OutputReport:
+    """How closely one output of a .tflite model reproduces the Keras output.
+
+    Attributes:
+        name: the output's name (the Keras output name, or the signature key).
+        max_abs_error: largest absolute difference.
+        sqnr_db: SQNR in dB (inf when identical).
+        top1_agreement: fraction of decisive samples with the same arg-max, or
+            None (not a classifier output, or no decisive sample).
+        decisive_samples: samples counted for top-1 agreement.
+        tied_samples: samples excluded as near-tied.
+        tie_margin: the top-2 margin a sample needed to be decisive.
+    """
+
+    name: str
+    max_abs_error: float
+    sqnr_db: float
+    top1_agreement: float = None
+    decisive_samples: int = 0
+    tied_samples: int = 0
+    tie_margin: float = None
+
+    def passes(self, min_sqnr_db, min_top1_agreement):
+        ok = bool(self.sqnr_db >= min_sqnr_db)
+        if self.top1_agreement is not None:
+            ok = ok and self.top1_agreement >= min_top1_agreement
+        return ok
+
+    def __str__(self):
+        if self.top1_agreement is None and self.tied_samples:
+            top1 = f", top-1 n/a (all {self.tied_samples} samples near-tied)"
+        elif self.top1_agreement is None:
+            top1 = ""
+        else:
+            top1 = (f", top-1 agreement {self.top1_agreement:.2%} of {self.decisive_samples} decisive samples"
+                    f" ({self.tied_samples} near-tied excluded)")
+        return f"{self.name}: max |error| {self.max_abs_error:.4g}, SQNR {self.sqnr_db:.1f} dB{top1}"
 
 
 @dataclasses.dataclass
@@ -22,11 +148,22 @@ class ValidationReport:
 
     Attributes:
         samples: number of samples compared.
-        max_abs_error: largest absolute difference of the output.
-        sqnr_db: signal-to-quantization-noise ratio of the output, in dB
+        max_abs_error: largest absolute difference over all outputs.
+        sqnr_db: signal-to-quantization-noise ratio in dB of the worst output
             (`10 log10(sum(ref^2) / sum((ref - tflite)^2))`; inf when identical).
-        top1_agreement: fraction of samples with the same arg-max (classifiers), else None.
+        top1_agreement: top-1 agreement on decisive samples of the worst
+            classifier output, else None.
         min_sqnr_db, min_top1_agreement: the thresholds it was held to.
+        mode: the conversion mode (`quantization`).
+        source: "quantization-aware" (a QAT model: ranges from training) or
+            "post-training" (a float model).
+        defaults: the default `(min_sqnr_db, min_top1_agreement)` for `mode`
+            and `source`; the caller may have given other thresholds.
+        tied_samples: near-tied samples excluded from `top1_agreement`.
+        outputs: an `OutputReport` per output.
+        synthetic: whether the samples were synthetic (no data was given).
+        ops: ops of the file with a quantized output (see `count_ops`; the
+            QAT int8 default SQNR depends on it).
     """
 
     samples: int
@@ -35,53 +172,201 @@ class ValidationReport:
     top1_agreement: float
     min_sqnr_db: float
     min_top1_agreement: float
+    mode: str = None
+    source: str = POST_TRAINING
+    defaults: tuple = None
+    tied_samples: int = 0
+    outputs: list = dataclasses.field(default_factory=list)
+    synthetic: bool = False
+    ops: int = None
 
     @property
     def passed(self):
-        ok = self.sqnr_db >= self.min_sqnr_db
-        if self.top1_agreement is not None:
-            ok = ok and self.top1_agreement >= self.min_top1_agreement
-        return ok
+        if self.outputs:
+            return all(o.passes(self.min_sqnr_db, self.min_top1_agreement) for o in self.outputs)
+        return OutputReport("", self.max_abs_error, self.sqnr_db, self.top1_agreement).passes(
+            self.min_sqnr_db, self.min_top1_agreement)
+
+    @property
+    def default_thresholds(self):
+        """Whether both thresholds are the defaults for `mode` and `source`."""
+        return self.defaults is None or (self.min_sqnr_db, self.min_top1_agreement) == tuple(self.defaults)
+
+    @property
+    def failed_outputs(self):
+        """Names of the outputs below a threshold."""
+        return [o.name for o in self.outputs if not o.passes(self.min_sqnr_db, self.min_top1_agreement)]
 
     def __str__(self):
-        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.2%} (min {self.min_top1_agreement:.0%})"
-        return (f"TFLite vs Keras on {self.samples} samples: max |error| {self.max_abs_error:.4g}, "
-                f"SQNR {self.sqnr_db:.1f} dB (min {self.min_sqnr_db:.0f}), top-1 agreement {top1} "
-                f"-> {'PASS' if self.passed else 'FAIL'}")
+        defaults = self.defaults or (self.min_sqnr_db, self.min_top1_agreement)
+        sqnr_kind = "default" if self.min_sqnr_db == defaults[0] else "given"
+        if sqnr_kind == "default" and self.source == QUANTIZATION_AWARE and self.mode == "int8":
+            sqnr_kind = f"default for {self.ops} ops"
+        top1_kind = "default" if self.min_top1_agreement == defaults[1] else "given"
+        mode = "float32" if self.mode is None else self.mode
+        head = (f"{mode} {self.source} file vs Keras on {self.samples}{' synthetic' if self.synthetic else ''} "
+                f"samples, thresholds SQNR >= {self.min_sqnr_db:g} dB ({sqnr_kind}), decisive top-1 >= "
+                f"{self.min_top1_agreement:.1%} ({top1_kind})")
+        verdict = "PASS" if self.passed else "FAIL"
+        if len(self.outputs) == 1:
+            return f"{head}: {self.outputs[0]} -> {verdict}"
+        if self.outputs:
+            failing = "" if self.passed else f" (failing: {', '.join(self.failed_outputs)})"
+            return "\n".join([f"{head}: {verdict}{failing}"] + [f"  {o}" for o in self.outputs])
+        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.2%}"
+        return (f"{head}: max |error| {self.max_abs_error:.4g}, SQNR {self.sqnr_db:.1f} dB, top-1 agreement {top1} "
+                f"-> {verdict}")
 
 
 def sqnr_db(reference, test):
-    noise = float(np.sum((reference.astype("float64") - test) ** 2))
-    signal = float(np.sum(reference.astype("float64") ** 2))
+    """`10 log10(sum(reference^2) / sum((reference - test)^2))` in dB (inf when identical)."""
+    reference = np.asarray(reference, "float64")
+    noise = float(np.sum((reference - test) ** 2))
+    signal = float(np.sum(reference ** 2))
     if noise == 0:
         return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+    if not np.isfinite(noise):
+        return float("-inf")
+    return float(10.0 * np.log10(max(signal, 1e-30) / noise))
+
+
+def decisive_samples(reference, scale=0.0, steps=TIE_STEPS):
+    """Which samples of a classifier output have a decisive reference top-1.
+
+    Args:
+        reference: reference output of shape `(n, classes)`.
+        scale: the output's quantization scale in the file (0: none).
+        steps: the top-2 margin needed, in steps; a step is the larger of
+            `scale` and `(max(reference) - min(reference)) / 255`.
+
+    Returns:
+        `(mask, margin)`: a boolean array of shape `(n,)` and the margin used.
+    """
+    reference = np.asarray(reference, "float64")
+    margin = steps * max(float(scale), float(np.max(reference) - np.min(reference)) / 255.0)
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) > margin, margin
+
+
+def output_keys(outputs):
+    """The SavedModel signature keys of a model's call result: dict keys, else `output_0`, `output_1` ..."""
+    if isinstance(outputs, dict):
+        return [str(k) for k in outputs], list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [f"output_{i}" for i in range(len(outputs))], list(outputs)
+    return ["output_0"], [outputs]
+
+
+def predict_outputs(model, samples, batch_size=64):
+    """Every output of the Keras model on `samples`, in inference mode.
+
+    Args:
+        model: the Keras model.
+        samples: a list of arrays, one per input in `model.inputs` order.
+        batch_size: samples per call.
+
+    Returns:
+        `(keys, labels, arrays)`: the signature key, a readable name and the
+        float32 output of each output.
+    """
+    import keras
+
+    parts, keys = None, None
+    for start in range(0, data_lib.count(samples), batch_size):
+        y = model(data_lib.pack_for_call(model, data_lib.take(samples, start, start + batch_size)), training=False)
+        keys, values = output_keys(y)
+        if parts is None:
+            parts = [[] for _ in values]
+        for part, value in zip(parts, values):
+            part.append(keras.ops.convert_to_numpy(value).astype("float32"))
+    arrays = [np.concatenate(p) for p in parts]
+    names = getattr(model, "output_names", None)
+    if keys[0].startswith("output_") and names and len(names) == len(keys):
+        labels = [str(n) for n in names]
+    else:
+        labels = list(keys)
+    return keys, labels, arrays
 
 
 def predict(model, x, batch_size=64):
-    """The Keras model's (first) output on `x`, in inference mode, without `predict`'s retracing."""
-    import keras
-
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        y = model(x[start:start + batch_size], training=False)
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        outputs.append(keras.ops.convert_to_numpy(y).astype("float32"))
-    return np.concatenate(outputs)
+    """The Keras model's first output on `x` (an array, or a list of arrays per input), in inference mode."""
+    samples = [x] if isinstance(x, np.ndarray) else list(x)
+    return predict_outputs(model, samples, batch_size)[2][0]
 
 
-def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None):
-    """Runs `model` and the .tflite model on `x` and returns a `ValidationReport`."""
-    default_sqnr, default_top1 = THRESHOLDS[mode]
-    reference = predict(model, x)
-    got = run(tflite, x)
+def _compare_output(label, reference, got, scale):
+    if reference.size != got.size:
+        raise ValueError(f"Output '{label}': the .tflite file gives shape {got.shape}, the Keras model "
+                         f"{reference.shape}; they cannot be compared.")
     reference = reference.reshape(got.shape)
-    top1 = None
+    report = OutputReport(label, float(np.max(np.abs(reference - got))), float(sqnr_db(reference, got)))
     if reference.ndim == 2 and reference.shape[-1] > 1:
-        top1 = float(np.mean(reference.argmax(-1) == got.argmax(-1)))
+        decisive, margin = decisive_samples(reference, scale)
+        report.decisive_samples = int(decisive.sum())
+        report.tied_samples = int(len(decisive) - decisive.sum())
+        report.tie_margin = margin
+        if decisive.any():
+            report.top1_agreement = float(np.mean(
+                reference[decisive].argmax(-1) == got[decisive].argmax(-1)))
+    return report
+
+
+def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, quantization_aware=None,
+            synthetic=False):
+    """Runs `model` and the .tflite model on `x` and returns a `ValidationReport` (every output).
+
+    Args:
+        model: the Keras model the file came from.
+        tflite: the .tflite bytes or path (made from `model.export`, so its
+            signature names the inputs and outputs).
+        x: the samples: an array (single input), a list of arrays in
+            `model.inputs` order, or a dict keyed by input name.
+        mode: the conversion mode, for the default thresholds.
+        min_sqnr_db: SQNR threshold; None: the default for `mode` and source.
+        min_top1_agreement: decisive top-1 threshold; None: the default.
+        quantization_aware: whether `model` is a QAT model; None: detect.
+        synthetic: record that `x` is synthetic.
+
+    Returns:
+        A `ValidationReport`.
+    """
+    from kopt.convert.qat_state import is_quantization_aware
+
+    inputs = data_lib.model_inputs(model)
+    samples = x if isinstance(x, list) and len(x) == len(inputs) and all(
+        isinstance(a, np.ndarray) for a in x) else data_lib.collect_inputs(x, inputs, "x", np.iinfo("int64").max)
+    if quantization_aware is None:
+        quantization_aware = is_quantization_aware(model)
+    ops = count_ops(tflite)
+    default_sqnr, default_top1 = default_thresholds(mode, quantization_aware, ops)
+
+    keys, labels, references = predict_outputs(model, samples)
+    input_names, output_names = signature_names(tflite)
+    expected_inputs = [i.name for i in inputs]
+    if sorted(input_names) != sorted(expected_inputs) or sorted(output_names) != sorted(keys):
+        raise ValueError(
+            f"The .tflite signature (inputs {input_names}, outputs {output_names}) does not match the Keras model "
+            f"(inputs {expected_inputs}, outputs {keys}), so outputs cannot be compared by name. Convert the file "
+            "with kopt.convert.to_tflite from this model.")
+    got = run_signature(tflite, {i.name: s for i, s in zip(inputs, samples)})
+    scales = output_scales(tflite)
+    outputs = [_compare_output(label, reference, got[key], scales.get(key, 0.0))
+               for key, label, reference in zip(keys, labels, references)]
+
+    with_top1 = [o for o in outputs if o.top1_agreement is not None]
+    worst_top1 = min(with_top1, key=lambda o: o.top1_agreement) if with_top1 else None
     return ValidationReport(
-        samples=len(x), max_abs_error=float(np.max(np.abs(reference - got))), sqnr_db=sqnr_db(reference, got),
-        top1_agreement=top1,
+        samples=data_lib.count(samples),
+        max_abs_error=max(o.max_abs_error for o in outputs),
+        sqnr_db=min(o.sqnr_db for o in outputs),
+        top1_agreement=worst_top1.top1_agreement if worst_top1 else None,
         min_sqnr_db=default_sqnr if min_sqnr_db is None else float(min_sqnr_db),
         min_top1_agreement=default_top1 if min_top1_agreement is None else float(min_top1_agreement),
+        mode=mode,
+        source=QUANTIZATION_AWARE if quantization_aware else POST_TRAINING,
+        defaults=(default_sqnr, default_top1),
+        tied_samples=worst_top1.tied_samples if worst_top1 else sum(o.tied_samples for o in outputs),
+        outputs=outputs,
+        synthetic=synthetic,
+        ops=ops,
     )
