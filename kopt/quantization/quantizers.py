@@ -1,36 +1,76 @@
 """Fake quantizers: what TFLite's int8 kernels will do, simulated in float during training.
 
-Both quantizers are thin policies around `keras.quantizers.fake_quant_with_min_max_vars`
-(which lowers to TensorFlow's FakeQuant ops, the ones the TFLite converter reads). Their
-state (ranges) is created by the layer that owns them, as weights, so it saves, loads and
-distributes like any other weight.
+tfmot's three range policies, with tfmot's signatures and semantics:
+
+- `LastValueQuantizer`: the range of the last training batch (weights);
+- `MovingAverageQuantizer`: a moving average of the batch ranges (activations);
+- `AllValuesQuantizer`: the running min/max of every value seen.
+
+All are thin policies around `keras.quantizers.fake_quant_with_min_max_vars` (which
+lowers to TensorFlow's FakeQuant ops, the ones the TFLite converter reads). Their state
+(ranges) is created by the layer that owns them, as weights, so it saves, loads and
+distributes like any other weight. `WeightQuantizer` and `ActivationQuantizer` are the
+two settings kopt's default scheme uses.
 """
+
+import functools
+import inspect
+import numbers
 
 import keras
 from keras import ops
 
+# Narrowest range kept: an all-zero tensor would otherwise get a zero scale, which TFLite's int32
+# bias (scale = input scale x weight scale) and requantization multipliers cannot represent.
+_MIN_WIDTH = 1e-6
+
+
+def _either_order(build, tfmot_order):
+    """Wraps `build` so it accepts kopt's `(layer, shape, name)` and tfmot's `(tensor_shape, name, layer)`."""
+
+    @functools.wraps(build)
+    def adapted(self, *args, **kwargs):
+        if len(args) == 3:
+            if isinstance(args[2], keras.layers.Layer) and not isinstance(args[0], keras.layers.Layer):
+                args = (args[2], args[0], args[1])  # tfmot's order -> (layer, shape, name)
+            if tfmot_order:
+                layer, shape, name = args
+                args = (shape, name, layer)
+        return build(self, *args, **kwargs)
+
+    return adapted
+
 
 class Quantizer:
-    """Base class of kopt quantizers.
+    """Base class of kopt quantizers (tfmot's `Quantizer` interface).
 
-    A quantizer creates its state with `build(layer, shape, name)` (weights of `layer`) and
-    fake-quantizes with `__call__(x, training, state)`.
+    A quantizer creates its state with `build(layer, shape, name)` (weights of `layer`,
+    returned as a dict) and fake-quantizes with `__call__(inputs, training, weights)`,
+    where `weights` is that dict. Subclasses written for tfmot, whose `build` takes
+    `(tensor_shape, name, layer)`, work unchanged: `build` accepts either order.
 
     Example:
 
     ```python
     class FixedRange(kopt.quantization.Quantizer):
-        def __call__(self, x, training, state):
+        def __call__(self, x, training, weights):
             return keras.quantizers.fake_quant_with_min_max_vars(x, -1.0, 1.0)
 
     y = FixedRange()(np.linspace(-2, 2, 5).astype("float32"), False, {})
     ```
     """
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        build = cls.__dict__.get("build")
+        if build is not None:
+            params = list(inspect.signature(build).parameters)
+            cls.build = _either_order(build, tfmot_order=len(params) > 1 and params[1] == "tensor_shape")
+
     def build(self, layer, shape, name):
         return {}
 
-    def __call__(self, x, training, state):
+    def __call__(self, inputs, training, weights):
         raise NotImplementedError
 
     def get_config(self):
@@ -51,9 +91,207 @@ class Quantizer:
         return f"{type(self).__name__}({args})"
 
 
+class _RangeQuantizer(Quantizer):
+    """A `[min, max]` range per tensor (or per channel) kept in two weights, and a policy to update it."""
+
+    init_min, init_max = -6.0, 6.0  # tfmot's initial range
+
+    def __init__(self, num_bits, per_axis, symmetric, narrow_range, *, axis=-1):
+        if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral) or not 2 <= num_bits <= 16:
+            raise ValueError(f"`num_bits` must be an integer from 2 to 16 (FakeQuant's bit widths), got {num_bits!r}.")
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(f"`axis` must be an integer (the channel axis, e.g. -1), got {axis!r}.")
+        self.num_bits = int(num_bits)
+        self.per_axis = bool(per_axis)
+        self.symmetric = bool(symmetric)
+        self.narrow_range = bool(narrow_range)
+        self.axis = int(axis)
+
+    def _channels(self, shape, name):
+        if not self.per_axis:
+            return ()
+        if not shape or not -len(shape) <= self.axis < len(shape):
+            raise ValueError(
+                f"{type(self).__name__}(per_axis=True, axis={self.axis}) cannot quantize '{name}' of shape "
+                f"{tuple(shape) if shape else ()} per channel: kopt quantizes activations and outputs per tensor, "
+                "and a weight needs the channel `axis`. Use per_axis=False, or an `axis` within the weight's rank.")
+        return (shape[self.axis],)
+
+    def build(self, layer, shape, name):
+        channels = self._channels(shape, name)
+
+        def var(suffix, value):
+            return layer.add_weight(
+                name=f"{name}_{suffix}", shape=channels, initializer=keras.initializers.Constant(value),
+                trainable=False, aggregation="mean",
+            )
+
+        return {"min": var("min", self.init_min), "max": var("max", self.init_max)}
+
+    def batch_range(self, x):
+        """The range of `x` as tfmot computes it: `(min, max)`, per tensor or per channel.
+
+        Asymmetric: `[min(x, 0), max(x, 0)]`. Symmetric: the smallest range around
+        the values whose ends keep tfmot's `min_max_ratio`, so that zero is a grid
+        point: `[-m, m]` (m = max|x|) with narrow_range, else `low = -high * 2^bits
+        / (2^bits - 2)` (e.g. -128..127 steps for 8 bits).
+        """
+        x = ops.cast(x, "float32")
+        if self.per_axis:
+            axis = self.axis % len(x.shape)
+            reduce_axes = tuple(i for i in range(len(x.shape)) if i != axis)
+            low, high = ops.min(x, axis=reduce_axes), ops.max(x, axis=reduce_axes)
+        else:
+            low, high = ops.min(x), ops.max(x)
+        if self.symmetric:
+            ratio = -1.0 if self.narrow_range else -((1 << self.num_bits) - 2) / (1 << self.num_bits)
+            low, high = ops.minimum(low, high / ratio), ops.maximum(high, low * ratio)
+            high = ops.maximum(high, _MIN_WIDTH)  # a no-op unless x is all zero
+            low = ops.minimum(low, high / ratio)
+        else:
+            low, high = ops.minimum(low, 0.0), ops.maximum(high, 0.0)
+            high = ops.maximum(high, low + _MIN_WIDTH)  # a no-op unless x is all zero
+        if self.per_axis:
+            # A channel that is (nearly) all zero, e.g. after pruning, would get a scale so small that
+            # TFLite's int32 bias overflows: give it the widest channel's range. Its values quantize to
+            # zero either way.
+            width = high - low
+            widest = ops.argmax(width)
+            degenerate = width <= 1e-6 * ops.max(width)
+            low = ops.where(degenerate, ops.take(low, widest), low)
+            high = ops.where(degenerate, ops.take(high, widest), high)
+        return low, high
+
+    def update_range(self, x, weights):
+        """Updates the kept range from a training batch `x` (the policy)."""
+        raise NotImplementedError
+
+    def __call__(self, inputs, training, weights):
+        if training:
+            self.update_range(inputs, weights)
+        # The kept variables go straight into the op: after freezing they are the constants the
+        # TFLite converter needs to turn FakeQuant into int8 quantization parameters.
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            inputs, weights["min"], weights["max"], num_bits=self.num_bits, narrow_range=self.narrow_range,
+            axis=self.axis % len(inputs.shape) if self.per_axis else None,
+        )
+
+    def get_config(self):
+        return {"num_bits": self.num_bits, "per_axis": self.per_axis, "symmetric": self.symmetric,
+                "narrow_range": self.narrow_range, "axis": self.axis}
+
+
 @keras.saving.register_keras_serializable(package="kopt")
-class WeightQuantizer(Quantizer):
-    """Symmetric, narrow-range weight quantizer (TFLite's int8 weight spec).
+class LastValueQuantizer(_RangeQuantizer):
+    """Quantizes with the range of the last training batch (tfmot's `LastValueQuantizer`).
+
+    In training the kept range becomes the batch's range (see `batch_range`); in
+    inference the kept range is used. kopt also sets it from the weight when
+    `quantize_apply` wraps a built layer, so an untrained QAT model is already
+    right.
+
+    Args:
+        num_bits: bit width (2 to 16; 8 for TFLite int8).
+        per_axis: one range per slice along `axis` (tfmot: the last axis).
+        symmetric: a range centred on zero instead of `[min(x, 0), max(x, 0)]`.
+        narrow_range: use `[1, 2^bits - 1]` (e.g. int8 -127..127) instead of
+            `[0, 2^bits - 1]`.
+        axis: (kopt, keyword-only) the channel axis when `per_axis`, e.g. -2 for
+            a DepthwiseConv2D kernel.
+
+    Example:
+
+    ```python
+    quantizer = kopt.quantization.LastValueQuantizer(
+        num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+    ```
+    """
+
+    def update_range(self, x, weights):
+        low, high = self.batch_range(x)
+        weights["min"].assign(ops.cast(low, weights["min"].dtype))
+        weights["max"].assign(ops.cast(high, weights["max"].dtype))
+
+    def assign_range(self, w, weights):
+        """Sets the kept range from the tensor `w` (used for weights by `quantize_apply`)."""
+        self.update_range(w, weights)
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class MovingAverageQuantizer(_RangeQuantizer):
+    """Quantizes with a moving average of the batch ranges (tfmot's `MovingAverageQuantizer`).
+
+    In training each batch range `r` (see `batch_range`) updates the kept range
+    `k` to `k * ema_decay + r * (1 - ema_decay)`, starting from `[-6, 6]` with
+    decay 0.999 as in tfmot; in inference the kept range is used.
+
+    Args:
+        num_bits: bit width (2 to 16; 8 for TFLite int8).
+        per_axis: one range per slice along `axis` (weights only: kopt
+            quantizes activations and outputs per tensor).
+        symmetric: a range centred on zero instead of `[min(x, 0), max(x, 0)]`.
+        narrow_range: use `[1, 2^bits - 1]` instead of `[0, 2^bits - 1]`.
+        axis: (kopt, keyword-only) the channel axis when `per_axis`.
+        ema_decay: (kopt, keyword-only) decay of the moving average (tfmot: 0.999).
+
+    Example:
+
+    ```python
+    quantizer = kopt.quantization.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+    ```
+    """
+
+    def __init__(self, num_bits, per_axis, symmetric, narrow_range, *, axis=-1, ema_decay=0.999):
+        super().__init__(num_bits, per_axis, symmetric, narrow_range, axis=axis)
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be a number in [0, 1), e.g. 0.999, got {ema_decay!r}.")
+        self.ema_decay = float(ema_decay)
+
+    def update_range(self, x, weights):
+        low, high = self.batch_range(x)
+        decay = self.ema_decay
+        weights["min"].assign(ops.cast(weights["min"] * decay + low * (1.0 - decay), weights["min"].dtype))
+        weights["max"].assign(ops.cast(weights["max"] * decay + high * (1.0 - decay), weights["max"].dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay}
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class AllValuesQuantizer(_RangeQuantizer):
+    """Quantizes with the min/max of every value seen in training (tfmot's `AllValuesQuantizer`).
+
+    The kept range starts at `[0, 0]` and only grows: each training batch widens
+    it to include the batch range (see `batch_range`). Unlike tfmot, which
+    ignores `per_axis` here, kopt honours it.
+
+    Args:
+        num_bits: bit width (2 to 16; 8 for TFLite int8).
+        per_axis: one range per slice along `axis` (weights only).
+        symmetric: a range centred on zero instead of `[min(x, 0), max(x, 0)]`.
+        narrow_range: use `[1, 2^bits - 1]` instead of `[0, 2^bits - 1]`.
+        axis: (kopt, keyword-only) the channel axis when `per_axis`.
+
+    Example:
+
+    ```python
+    quantizer = kopt.quantization.AllValuesQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+    ```
+    """
+
+    init_min, init_max = 0.0, 0.0  # tfmot's initial range
+
+    def update_range(self, x, weights):
+        low, high = self.batch_range(x)
+        weights["min"].assign(ops.cast(ops.minimum(weights["min"], low), weights["min"].dtype))
+        weights["max"].assign(ops.cast(ops.maximum(weights["max"], high), weights["max"].dtype))
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class WeightQuantizer(LastValueQuantizer):
+    """kopt's weight quantizer: a symmetric, narrow-range `LastValueQuantizer` (TFLite's int8 weight spec).
 
     The range is `[-max|w|, max|w|]`, per tensor or per output channel, recomputed
     from the weight at every training step and kept in weights for inference.
@@ -71,64 +309,20 @@ class WeightQuantizer(Quantizer):
     """
 
     def __init__(self, num_bits=8, per_axis=False, axis=-1):
-        self.num_bits = int(num_bits)
-        self.per_axis = bool(per_axis)
-        self.axis = int(axis)
-
-    def _channels(self, shape):
-        return (shape[self.axis],) if self.per_axis else ()
-
-    def build(self, layer, shape, name):
-        channels = self._channels(shape)
-
-        def var(suffix, value):
-            return layer.add_weight(
-                name=f"{name}_{suffix}", shape=channels, initializer=keras.initializers.Constant(value),
-                trainable=False, aggregation="mean",
-            )
-
-        return {"min": var("min", -1.0), "max": var("max", 1.0)}
-
-    def assign_range(self, w, state):
-        """Sets the kept range `[-max|w|, max|w|]` from the weight `w`."""
-        bound = ops.maximum(ops.cast(self.range_of(w), state["max"].dtype), 1e-8)
-        state["max"].assign(bound)
-        state["min"].assign(-bound)
-
-    def range_of(self, w):
-        """`max|w|` per channel (or per tensor): the symmetric range of `w`."""
-        if self.per_axis:
-            axis = self.axis % len(w.shape)
-            reduce_axes = tuple(i for i in range(len(w.shape)) if i != axis)
-            ranges = ops.max(ops.abs(w), axis=reduce_axes)
-            # A channel that is (nearly) all zero, e.g. after pruning, would get a scale so small
-            # that TFLite's int32 bias (scale = input scale x weight scale) overflows: give it the
-            # largest channel's range instead. Its weights quantize to zero either way.
-            largest = ops.max(ranges)
-            return ops.where(ranges <= 1e-6 * largest, largest, ranges)
-        return ops.max(ops.abs(w))
-
-    def __call__(self, w, training, state):
-        if training:
-            self.assign_range(w, state)
-        # The kept variables go straight into the op: after freezing they are the constants
-        # the TFLite converter needs to turn FakeQuant into int8 quantization parameters.
-        return keras.quantizers.fake_quant_with_min_max_vars(
-            w, state["min"], state["max"], num_bits=self.num_bits, narrow_range=True,
-            axis=self.axis % len(w.shape) if self.per_axis else None,
-        )
+        super().__init__(num_bits, per_axis, symmetric=True, narrow_range=True, axis=axis)
 
     def get_config(self):
         return {"num_bits": self.num_bits, "per_axis": self.per_axis, "axis": self.axis}
 
 
 @keras.saving.register_keras_serializable(package="kopt")
-class ActivationQuantizer(Quantizer):
-    """Asymmetric per-tensor activation quantizer with moving-average ranges.
+class ActivationQuantizer(MovingAverageQuantizer):
+    """kopt's activation quantizer: an asymmetric per-tensor `MovingAverageQuantizer` that calibrates fast.
 
-    In training, the batch range (widened to include 0) is averaged into the kept
-    range with `ema_decay`; the first training batch sets it directly. In inference
-    the kept range is used.
+    Differs from tfmot's setting (`MovingAverageQuantizer(8, False, False, False)`:
+    decay 0.999 from `[-6, 6]`) in two ways, so short fine-tuning calibrates: the
+    first training batch sets the range directly, and the default decay is 0.99.
+    Both converge to the same range.
 
     Args:
         num_bits: bit width (8).
@@ -144,33 +338,24 @@ class ActivationQuantizer(Quantizer):
     """
 
     def __init__(self, num_bits=8, ema_decay=0.99, init_min=-6.0, init_max=6.0):
-        self.num_bits = int(num_bits)
-        self.ema_decay = float(ema_decay)
+        super().__init__(num_bits, per_axis=False, symmetric=False, narrow_range=False, ema_decay=ema_decay)
         self.init_min = float(init_min)
         self.init_max = float(init_max)
 
     def build(self, layer, shape, name):
-        def var(suffix, value):
-            return layer.add_weight(
-                name=f"{name}_{suffix}", shape=(), initializer=keras.initializers.Constant(value),
-                trainable=False, aggregation="mean",
-            )
+        weights = super().build(layer, shape, name)
+        weights["seen"] = layer.add_weight(
+            name=f"{name}_seen", shape=(), initializer="zeros", trainable=False, aggregation="mean")
+        return weights
 
-        return {"min": var("min", self.init_min), "max": var("max", self.init_max), "seen": var("seen", 0.0)}
-
-    def __call__(self, x, training, state):
-        if training:
-            x32 = ops.cast(x, "float32")
-            batch_min = ops.minimum(ops.min(x32), 0.0)
-            batch_max = ops.maximum(ops.max(x32), 0.0)
-            seen = ops.convert_to_tensor(state["seen"]) > 0
-            decay = self.ema_decay
-            low = ops.where(seen, state["min"] * decay + batch_min * (1 - decay), batch_min)
-            high = ops.where(seen, state["max"] * decay + batch_max * (1 - decay), batch_max)
-            state["min"].assign(low)
-            state["max"].assign(ops.maximum(high, low + 1e-6))
-            state["seen"].assign(1.0)
-        return keras.quantizers.fake_quant_with_min_max_vars(x, state["min"], state["max"], num_bits=self.num_bits)
+    def update_range(self, x, weights):
+        low, high = self.batch_range(x)
+        seen = ops.convert_to_tensor(weights["seen"]) > 0
+        decay = self.ema_decay
+        for key, batch in (("min", low), ("max", high)):
+            value = ops.where(seen, weights[key] * decay + batch * (1.0 - decay), batch)
+            weights[key].assign(ops.cast(value, weights[key].dtype))
+        weights["seen"].assign(1.0)
 
     def get_config(self):
         return {"num_bits": self.num_bits, "ema_decay": self.ema_decay,

@@ -16,6 +16,7 @@ from kopt.sparsity.callbacks import PruningSummaries, UpdatePruningStep
 from kopt.sparsity.prunable_layer import PrunableLayer
 from kopt.sparsity.prune import prune_low_magnitude, strip_pruning
 from kopt.sparsity.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from kopt.sparsity.scope import prune_scope
 from kopt.sparsity.stats import get_sparsity
 from kopt.sparsity.wrapper import PruneLowMagnitude
 
@@ -29,5 +30,6 @@ __all__ = [
     "UpdatePruningStep",
     "get_sparsity",
     "prune_low_magnitude",
+    "prune_scope",
     "strip_pruning",
 ]

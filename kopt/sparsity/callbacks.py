@@ -44,18 +44,28 @@ class UpdatePruningStep(keras.callbacks.Callback):
             if layer.built and int(ops.convert_to_numpy(layer.pruning_step)) < 0:
                 layer.pruning_step.assign(0)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, batch=None, logs=None):
+        # `batch` (the epoch index) is tfmot's name: its guides call `on_epoch_end(batch=...)`.
         for layer in self.prunable_layers:
             if layer.built:
                 layer.apply_masks()
 
 
 class PruningSummaries(keras.callbacks.TensorBoard):
-    """TensorBoard callback that also logs pruning: sparsity per pruned weight and the step.
+    """TensorBoard callback that also logs pruning: sparsity and threshold per pruned weight.
 
-    Scalars are written under `<log_dir>/metrics` at the end of every epoch:
-    `<layer>/<weight>/sparsity` (fraction of zeros in the mask) and
-    `pruning_step`. All other arguments are those of `keras.callbacks.TensorBoard`.
+    Scalars are written under `<log_dir>/metrics` with tfmot's tags, at the
+    start of every epoch (as tfmot does) and once more at the end of training,
+    at the optimizer's step:
+
+    - `<wrapper name>/mask:0/sparsity`: fraction of zeros in the mask;
+    - `<wrapper name>/threshold:0/threshold`: the magnitude threshold;
+    - `pruning_step` (kopt only): the wrappers' pruning step.
+
+    A wrapper that prunes several weights numbers the later ones `mask_1:0`,
+    `threshold_1:0`, ... (tfmot gives them all the same tag). It also works in a
+    custom training loop that calls `set_model` and `on_epoch_begin` (tfmot's
+    guide). All other arguments are those of `keras.callbacks.TensorBoard`.
 
     Args:
         log_dir: directory for the event files (a non-empty string or path).
@@ -81,28 +91,36 @@ class PruningSummaries(keras.callbacks.TensorBoard):
         for layer in collect_pruned_layers(self.model):
             if not layer.built:
                 continue
-            for mask, label in zip(layer.masks, layer.weight_labels):
-                logs[f"{layer.layer.name}/{label}/sparsity"] = 1.0 - float(np.mean(ops.convert_to_numpy(mask)))
+            for i, (mask, threshold) in enumerate(zip(layer.masks, layer.thresholds)):
+                suffix = f"_{i}" if i else ""
+                logs[f"{layer.name}/mask{suffix}:0/sparsity"] = 1.0 - float(np.mean(ops.convert_to_numpy(mask)))
+                logs[f"{layer.name}/threshold{suffix}:0/threshold"] = float(ops.convert_to_numpy(threshold))
             step = int(ops.convert_to_numpy(layer.pruning_step))
         if step is not None:
             logs["pruning_step"] = float(step)
         return logs, step
 
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+    def _log_pruning(self):
         import tensorflow as tf  # TensorBoard summaries are written with TensorFlow.
 
-        pruning_logs, step = self._pruning_logs()
+        pruning_logs, pruning_step = self._pruning_logs()
         if not pruning_logs:
             return
+        optimizer = getattr(self.model, "optimizer", None)
+        step = int(ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else max(pruning_step, 0)
         if self._pruning_writer is None:
             self._pruning_writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
         with self._pruning_writer.as_default():
             for name, value in pruning_logs.items():
-                tf.summary.scalar(name, value, step=max(step, 0))
+                tf.summary.scalar(name, value, step=step)
         self._pruning_writer.flush()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._log_pruning()
+
     def on_train_end(self, logs=None):
+        self._log_pruning()
         super().on_train_end(logs)
         if self._pruning_writer is not None:
             self._pruning_writer.close()

@@ -1,0 +1,58 @@
+"""`quantize_scope`: tfmot's context manager for loading quantized models."""
+
+import keras
+
+from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
+from kopt.quantization.quantize_config import Default8BitQuantizeConfig
+from kopt.quantization.quantizers import (
+    ActivationQuantizer,
+    AllValuesQuantizer,
+    LastValueQuantizer,
+    MovingAverageQuantizer,
+    WeightQuantizer,
+)
+from kopt.quantization.wrapper import QuantizeWrapper
+
+
+def quantize_scope(*args):
+    """A scope in which quantized models load (tfmot's `quantize_scope`).
+
+    kopt's classes are registered with Keras, so `.keras` files of QAT models
+    load without it; it is there so tfmot code runs unchanged, and to make your
+    own `QuantizeConfig`, `Quantizer` or layer classes available while loading
+    (or in `quantize_apply`). Inside it, kopt's classes also resolve by their
+    plain names (e.g. "QuantizeWrapper"), as tfmot's do.
+
+    Args:
+        *args: dicts `{name: class}` of extra objects to make available.
+
+    Returns:
+        A `keras.saving.custom_object_scope` to use in a `with` statement.
+
+    Raises:
+        ValueError: if an argument is not a dict.
+
+    Example:
+
+    ```python
+    qat = kopt.quantization.quantize_model(model)
+    qat.save("qat.keras")
+
+    class MyConfig(kopt.quantization.Default8BitQuantizeConfig):
+        pass
+
+    with kopt.quantization.quantize_scope({"MyConfig": MyConfig}):
+        loaded = keras.models.load_model("qat.keras")
+    ```
+    """
+    for i, extra in enumerate(args):
+        if not isinstance(extra, dict):
+            raise ValueError(
+                f"quantize_scope() takes dicts {{name: class}}; argument {i} is {extra!r}. "
+                "Pass e.g. quantize_scope({'MyQuantizeConfig': MyQuantizeConfig}).")
+    objects = {cls.__name__: cls for cls in (
+        QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, LastValueQuantizer,
+        MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer)}
+    for extra in args:
+        objects.update(extra)
+    return keras.saving.custom_object_scope(objects)
