@@ -12,10 +12,14 @@ def accepted_kwargs(layer, kwargs):
 
 
 def call_with_values(layer, substitutes, *args, **kwargs):
-    """Calls `layer` with some of its variables read as other values, keeping its other state updates.
+    """Calls `layer` with some of its variables read as other values, keeping its losses and state updates.
 
     This is how the wrappers run a layer on `weight * mask` or on fake-quantized weights without
-    writing to the layer's variables inside the (possibly replicated) training step.
+    writing to the layer's variables inside the (possibly replicated) training step. The
+    `keras.StatelessScope` that substitutes the values also collects what the layer adds with
+    `add_loss` (including the activity-regularizer loss Keras adds in `Layer.__call__`); those losses
+    are re-added to `layer` once the scope is closed, so they reach `model.losses` and the training
+    loss as if the layer were not wrapped.
 
     Args:
         layer: the wrapped layer.
@@ -29,7 +33,7 @@ def call_with_values(layer, substitutes, *args, **kwargs):
     """
     import keras
 
-    with keras.StatelessScope(state_mapping=substitutes) as scope:
+    with keras.StatelessScope(state_mapping=substitutes, collect_losses=True) as scope:
         outputs = layer(*args, **accepted_kwargs(layer, kwargs))
     substituted = {id(variable) for variable, _ in substitutes}
     for variable in layer.variables:
@@ -37,4 +41,8 @@ def call_with_values(layer, substitutes, *args, **kwargs):
             value = scope.get_current_value(variable)
             if value is not None:
                 variable.assign(value)
+    if scope.losses:
+        # Outside the scope, add_loss records them on the layer (or in an enclosing collecting
+        # scope), where `model.losses` finds them.
+        layer.add_loss(list(scope.losses))
     return outputs

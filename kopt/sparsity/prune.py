@@ -26,13 +26,17 @@ def prune_low_magnitude(
     pruning_schedule=ConstantSparsity(0.5, 0),
     block_size=(1, 1),
     block_pooling_type="AVG",
+    pruning_policy=None,
     sparsity_m_by_n=None,
+    *,
+    prune_depthwise=False,
     **kwargs,
 ):
     """Makes a layer, a list of layers or a model prune its weights by magnitude during training.
 
-    Same API as `tfmot.sparsity.keras.prune_low_magnitude`, for Keras 3. Train
-    the result with the `UpdatePruningStep` callback, then `strip_pruning` it.
+    Same API as `tfmot.sparsity.keras.prune_low_magnitude`, for Keras 3 (same
+    positional arguments). Train the result with the `UpdatePruningStep`
+    callback, then `strip_pruning` it.
 
     - A layer is wrapped in a `PruneLowMagnitude` wrapper; an unsupported layer
       raises a ValueError.
@@ -43,6 +47,22 @@ def prune_low_magnitude(
       original model is left untouched. Layers that cannot be pruned are kept
       as they are and named in one `kopt` log line. The result is not compiled.
 
+    What is pruned, as in tfmot: the kernels of Dense, EinsumDense, Conv*,
+    Conv*Transpose and MultiHeadAttention, the pointwise kernel of
+    SeparableConv*, Embedding's embeddings, and the `kernel` and
+    `recurrent_kernel` of LSTM, GRU and SimpleRNN (and of `keras.layers.RNN`
+    with LSTMCell/GRUCell/SimpleRNNCell cells, stacked or not). Biases and
+    normalization weights stay dense.
+
+    DepthwiseConv1D/2D kernels are not pruned by default: tfmot deliberately
+    leaves them dense (each channel has only a few weights, so pruning them
+    costs much accuracy for little size). When a model or a list is pruned they
+    are left as plain layers and named in a `kopt` log line. Pruning them is
+    opt-in: pass `prune_depthwise=True`, or wrap the layer yourself,
+    `prune_low_magnitude(keras.layers.DepthwiseConv2D(3))`: a depthwise layer
+    passed on its own is pruned (in tfmot it would get a wrapper that prunes
+    nothing), and a model that already holds it wrapped keeps it so.
+
     Args:
         to_prune: a `keras.layers.Layer`, a list of layers, or a Sequential or
             Functional `keras.Model`.
@@ -50,8 +70,13 @@ def prune_low_magnitude(
         block_size: `(height, width)` of weight blocks pruned together; for
             rank-2 weights (Dense, Embedding) only.
         block_pooling_type: "AVG" or "MAX": how a block's magnitude is pooled.
+        pruning_policy: tfmot's `PruningPolicy` (e.g. `PruneForLatencyOnXNNPack`);
+            kopt has none yet, so only `None` is accepted. Kept in tfmot's
+            position so positional calls mean the same.
         sparsity_m_by_n: `(m, n)`: m zeros in every n consecutive input-channel
             weights, e.g. `(2, 4)`; Dense and Conv2D-like layers only.
+        prune_depthwise: keyword only. When pruning a model or a list, also
+            prune DepthwiseConv1D/2D kernels (default False, as tfmot).
         **kwargs: passed to the wrapper when `to_prune` is a single layer
             (e.g. `name`); ignored otherwise, as in tfmot.
 
@@ -69,19 +94,38 @@ def prune_low_magnitude(
     pruned.fit(np.zeros((4, 8)), np.zeros((4, 2)),
                callbacks=[kopt.sparsity.UpdatePruningStep()], verbose=0)
     final = kopt.sparsity.strip_pruning(pruned)
+
+    # DepthwiseConv2D kernels stay dense unless asked for:
+    cnn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.DepthwiseConv2D(3),
+                            keras.layers.Conv2D(4, 1)])
+    default = kopt.sparsity.prune_low_magnitude(cnn)  # wraps the Conv2D only
+    everything = kopt.sparsity.prune_low_magnitude(cnn, prune_depthwise=True)
+    assert [type(layer).__name__ for layer in default.layers] == ["DepthwiseConv2D", "PruneLowMagnitude"]
+    assert [type(layer).__name__ for layer in everything.layers] == ["PruneLowMagnitude"] * 2
     ```
     """
+    if pruning_policy is not None:
+        raise ValueError(
+            f"`pruning_policy`={pruning_policy!r} is not supported: kopt has no pruning policies yet. "
+            "Pass pruning_policy=None and choose the layers to prune yourself (e.g. prune a list of "
+            "layers, or wrap them in keras.models.clone_model's clone_function)."
+        )
+    if not isinstance(prune_depthwise, bool):
+        raise ValueError(f"`prune_depthwise` must be True or False, got {prune_depthwise!r}.")
     params = dict(zip(
         ("pruning_schedule", "block_size", "block_pooling_type", "sparsity_m_by_n"),
         validate_pruning_params(pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n),
     ))
 
     if isinstance(to_prune, (list, tuple)):
-        return [_prune_listed_layer(layer, params) for layer in to_prune]
+        left_dense = []
+        pruned = [_prune_listed_layer(layer, params, prune_depthwise, left_dense) for layer in to_prune]
+        _log_left_dense(left_dense)
+        return pruned
     if isinstance(to_prune, keras.Model):
         if not is_graph_model(to_prune):
             raise ValueError(_SUBCLASSED_ERROR.format(name=to_prune.name, cls=type(to_prune).__name__))
-        return _prune_model(to_prune, params)
+        return _prune_model(to_prune, params, prune_depthwise)
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
     raise ValueError(
@@ -91,30 +135,48 @@ def prune_low_magnitude(
     )
 
 
-def _prune_listed_layer(layer, params):
+def _describe(layer):
+    return f"{layer.name} ({layer.__class__.__name__})"
+
+
+def _log_left_dense(left_dense):
+    if left_dense:
+        logger.info(
+            "prune_low_magnitude: left dense (DepthwiseConv kernels are not pruned by default, as in tfmot; "
+            "pass prune_depthwise=True to prune them): %s", ", ".join(left_dense))
+
+
+def _prune_listed_layer(layer, params, prune_depthwise, left_dense):
     if isinstance(layer, (PruneLowMagnitude, keras.layers.InputLayer)):
         return layer
     if not isinstance(layer, keras.layers.Layer):
         raise ValueError(f"Every item of `to_prune` must be a keras.layers.Layer; got {layer!r}.")
+    if not prune_depthwise and registry.is_prunable(layer) and not registry.is_pruned_by_default(layer):
+        left_dense.append(_describe(layer))
+        return layer
     return PruneLowMagnitude(layer, **params)
 
 
-def _prune_model(model, params):
-    left_out = []
+def _prune_model(model, params, prune_depthwise):
+    left_out, left_dense = [], []
 
     def wrap(layer):
         if isinstance(layer, PruneLowMagnitude):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_wrapper(layer)
         if isinstance(layer, keras.Model) or not registry.is_prunable(layer):
             if layer.weights:
-                left_out.append(f"{layer.name} ({layer.__class__.__name__})")
+                left_out.append(_describe(layer))
             # A subclassed model nested inside cannot be cloned: it is shared as it is.
             return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+        if not prune_depthwise and not registry.is_pruned_by_default(layer):
+            left_dense.append(_describe(layer))
+            return copy_layer(layer)
         return PruneLowMagnitude(copy_layer(layer), **params)
 
     pruned = rewrite_model(model, wrap)
     if left_out:
         logger.info("prune_low_magnitude: left unpruned (not prunable): %s", ", ".join(left_out))
+    _log_left_dense(left_dense)
     return pruned
 
 

@@ -6,7 +6,7 @@ import numbers
 import keras
 from keras import ops
 
-from kopt._keras.calls import call_with_values
+from kopt._keras.calls import accepted_kwargs, call_with_values
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -67,11 +67,11 @@ def _two_ints(value, name, example):
 
 
 def _weight_label(layer, weight):
-    """'kernel' for a Dense, 'query/kernel' for a MultiHeadAttention's query kernel."""
-    parts = weight.path.split("/")
-    if layer.name in parts[:-1]:
-        return "/".join(parts[parts.index(layer.name) + 1:])
-    return weight.name
+    """'kernel' for a Dense, 'query/kernel' for a MultiHeadAttention's, 'lstm_cell/kernel' for an LSTM's."""
+    for variable, label in registry.labelled_prunable_weights(layer):
+        if variable is weight:
+            return label
+    return registry.path_label(layer, weight)
 
 
 @keras.saving.register_keras_serializable(package="kopt")
@@ -86,10 +86,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     in `.keras` files, checkpoints and resumes, and is mirrored by
     `tf.distribute`. Use `prune_low_magnitude` rather than this class directly.
 
+    Losses the wrapped layer adds (its activity regularizer, `add_loss` in its
+    `call`) are kept: they appear in `model.losses` and in the training loss as
+    without the wrapper.
+
     Args:
         layer: the layer to prune: a supported Keras layer (Dense, EinsumDense,
             Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding,
-            MultiHeadAttention) or a `PrunableLayer`.
+            MultiHeadAttention, LSTM, GRU, SimpleRNN, RNN with such cells) or a
+            `PrunableLayer`. A DepthwiseConv layer wrapped here is pruned
+            (`prune_low_magnitude` leaves them dense in models by default).
         pruning_schedule: a `PruningSchedule`; `ConstantSparsity(0.5, 0)` by default.
         block_size: `(height, width)` of blocks pruned together (rank-2 weights only).
         block_pooling_type: "AVG" or "MAX": how a block's magnitude is pooled.
@@ -132,8 +138,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             raise ValueError(
                 f"Layer '{layer.name}' ({layer.__class__.__name__}) cannot be pruned: kopt prunes "
                 + ", ".join(sorted({c.__name__ for c in registry.SUPPORTED_LAYERS}))
-                + ". For a custom layer, subclass kopt.sparsity.PrunableLayer and return the weights "
-                "to prune from get_prunable_weights()."
+                + " (recurrent layers whose cells are LSTMCell, GRUCell or SimpleRNNCell). For a custom "
+                "layer or RNN cell, subclass kopt.sparsity.PrunableLayer and return the weights to prune "
+                "from get_prunable_weights()."
             )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
@@ -154,29 +161,34 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     "model that contains it."
                 )
             self.layer.build(input_shape)
-        self._pruned_weights = registry.get_prunable_weights(self.layer)
+        labelled = registry.labelled_prunable_weights(self.layer)
+        self._pruned_weights = [variable for variable, _ in labelled]
         if not self._pruned_weights:
             raise ValueError(
                 f"Layer '{self.layer.name}' returned no weights from get_prunable_weights(); "
                 "there is nothing to prune."
             )
+        # Under tf.distribute every replica updates its own copy of the pruning state in the
+        # training step (aggregation "none": no merge_call, so no hand-over between replica
+        # threads in the middle of the forward pass, which would mix the replicas' `add_loss`
+        # losses in Keras's per-layer loss lists). The copies stay identical: each replica
+        # computes the masks from the same mirrored weights at the same step.
         self.masks, self.thresholds, self.weight_labels = [], [], []
-        for weight in self._pruned_weights:
+        for weight, label in labelled:
             self._check_structure(weight)
-            label = _weight_label(self.layer, weight)
             self.weight_labels.append(label)
             stem = label.replace("/", "_")
             self.masks.append(self.add_weight(
                 name=f"{stem}_mask", shape=weight.shape, dtype=weight.dtype, initializer="ones",
-                trainable=False, aggregation="only_first_replica",
+                trainable=False, aggregation="none",
             ))
             self.thresholds.append(self.add_weight(
                 name=f"{stem}_threshold", shape=(), dtype=weight.dtype, initializer="zeros",
-                trainable=False, aggregation="only_first_replica",
+                trainable=False, aggregation="none",
             ))
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer=keras.initializers.Constant(-1),
-            trainable=False, aggregation="only_first_replica",
+            trainable=False, aggregation="none",
         )
         self.built = True
 

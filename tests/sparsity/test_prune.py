@@ -26,10 +26,15 @@ LAYER_CASES = {
     "Conv2D": ((8, 8, 3), lambda: L.Conv2D(8, 3), ["kernel"]),
     "Conv3D": ((5, 5, 5, 2), lambda: L.Conv3D(4, 2), ["kernel"]),
     "Conv2DTranspose": ((6, 6, 3), lambda: L.Conv2DTranspose(4, 3), ["kernel"]),
+    "DepthwiseConv1D": ((10, 6), lambda: L.DepthwiseConv1D(3, depth_multiplier=2), ["kernel"]),
     "DepthwiseConv2D": ((8, 8, 6), lambda: L.DepthwiseConv2D(3, depth_multiplier=2), ["kernel"]),
     "SeparableConv1D": ((10, 6), lambda: L.SeparableConv1D(8, 3), ["pointwise_kernel"]),
     "SeparableConv2D": ((8, 8, 6), lambda: L.SeparableConv2D(8, 3), ["pointwise_kernel"]),
+    "LSTM": ((7, 6), lambda: L.LSTM(8), ["lstm_cell/kernel", "lstm_cell/recurrent_kernel"]),
+    "GRU": ((7, 6), lambda: L.GRU(8), ["gru_cell/kernel", "gru_cell/recurrent_kernel"]),
+    "SimpleRNN": ((7, 6), lambda: L.SimpleRNN(8), ["simple_rnn_cell/kernel", "simple_rnn_cell/recurrent_kernel"]),
 }
+OPT_IN = {"DepthwiseConv1D", "DepthwiseConv2D"}  # left dense by default, as in tfmot
 
 
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
@@ -39,7 +44,7 @@ def test_each_supported_layer_reaches_target_sparsity(name):
     layer = factory()
     model = keras.Model(inputs, L.Flatten()(layer(inputs)))
     before = [w.copy() for w in model.get_weights()]
-    pruned = sparsity.prune_low_magnitude(model, pruning_schedule=ONE_SHOT)
+    pruned = sparsity.prune_low_magnitude(model, pruning_schedule=ONE_SHOT, prune_depthwise=name in OPT_IN)
     x = np.random.rand(24, *input_shape).astype("float32")
     _fit(pruned, x, np.random.rand(24, model.output.shape[-1]).astype("float32"))
     stats = sparsity.get_sparsity(sparsity.strip_pruning(pruned))
@@ -96,15 +101,16 @@ def test_shared_layer_stays_shared():
 def test_unprunable_layers_are_kept_and_named_in_one_log_line(caplog):
     model = keras.Sequential([
         keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(name="bn"), L.ReLU(),
-        L.Reshape((36, 4)), L.LSTM(3, name="lstm"), L.Dense(2),
+        L.Reshape((36, 4)), L.Bidirectional(L.LSTM(3), name="bi"), L.Dense(2),
     ])
     with caplog.at_level(logging.INFO, logger="kopt"):
         pruned = sparsity.prune_low_magnitude(model)
     lines = [r.getMessage() for r in caplog.records if r.name == "kopt"]
-    assert len(lines) == 1 and "bn (BatchNormalization)" in lines[0] and "lstm (LSTM)" in lines[0]
+    assert len(lines) == 1 and "bn (BatchNormalization)" in lines[0] and "bi (Bidirectional)" in lines[0]
     assert "re_lu" not in lines[0]  # weightless layers are not worth naming
     kinds = [type(layer).__name__ for layer in pruned.layers]
-    assert kinds == ["PruneLowMagnitude", "BatchNormalization", "ReLU", "Reshape", "LSTM", "PruneLowMagnitude"]
+    assert kinds == ["PruneLowMagnitude", "BatchNormalization", "ReLU", "Reshape", "Bidirectional",
+                     "PruneLowMagnitude"]
 
 
 def test_list_of_layers_and_single_layer():
@@ -181,7 +187,10 @@ class Subclassed(keras.Model):
         (lambda: sparsity.prune_low_magnitude("model"), "to_prune"),
         (lambda: sparsity.prune_low_magnitude(np.zeros(3)), "to_prune"),
         (lambda: sparsity.prune_low_magnitude(Subclassed()), "Sequential or Functional"),
-        (lambda: sparsity.prune_low_magnitude(L.LSTM(3)), "PrunableLayer"),
+        (lambda: sparsity.prune_low_magnitude(L.Bidirectional(L.LSTM(3))), "PrunableLayer"),
+        (lambda: sparsity.prune_low_magnitude(L.ConvLSTM1D(2, 3)), "PrunableLayer"),
+        (lambda: sparsity.prune_low_magnitude(L.Dense(2), prune_depthwise="yes"), "prune_depthwise"),
+        (lambda: sparsity.prune_low_magnitude(L.Dense(2), ONE_SHOT, (1, 1), "AVG", object()), "pruning_policy"),
         (lambda: sparsity.prune_low_magnitude(L.BatchNormalization()), "PrunableLayer"),
         (lambda: sparsity.prune_low_magnitude(sparsity.prune_low_magnitude(L.Dense(2))), "already pruned"),
         (lambda: sparsity.prune_low_magnitude(L.Dense(2), pruning_schedule=0.5), "pruning_schedule"),
