@@ -9,6 +9,7 @@ qat.fit(x, y, epochs=1)
 ```
 """
 
+from kopt.quantization.integer_forms import IntegerLayerNormalization, integer_form, with_integer_forms
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize import (
     quantize_annotate_layer,
@@ -17,20 +18,35 @@ from kopt.quantization.quantize import (
     quantize_model,
 )
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig, QuantizeConfig
-from kopt.quantization.quantizers import ActivationQuantizer, Quantizer, WeightQuantizer
+from kopt.quantization.quantizers import (
+    ActivationQuantizer,
+    AllValuesQuantizer,
+    LastValueQuantizer,
+    MovingAverageQuantizer,
+    Quantizer,
+    WeightQuantizer,
+)
+from kopt.quantization.scope import quantize_scope
 from kopt.quantization.wrapper import QuantizeWrapper
 
 __all__ = [
     "ActivationQuantizer",
+    "AllValuesQuantizer",
     "Default8BitQuantizeConfig",
+    "IntegerLayerNormalization",
+    "LastValueQuantizer",
+    "MovingAverageQuantizer",
     "QuantizeAnnotate",
     "QuantizeConfig",
     "QuantizeLayer",
     "QuantizeWrapper",
     "Quantizer",
     "WeightQuantizer",
+    "integer_form",
     "quantize_annotate_layer",
     "quantize_annotate_model",
     "quantize_apply",
     "quantize_model",
+    "quantize_scope",
+    "with_integer_forms",
 ]

@@ -3,11 +3,14 @@
 import keras
 import numpy as np
 
-from kopt._keras.clone import consumers, copy_layer, is_graph_model, rewrite_model, walk_layers
+from kopt._keras.clone import consumers, copy_layer, is_graph_model, is_layer, rewrite_model, walk_layers
+from kopt._keras.operations import is_shape_operation
 from kopt.quantization import registry, transforms
+from kopt.quantization.integer_forms import integer_form
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.wrapper import QuantizeWrapper
+from kopt.sparsity.wrapper import PruneLowMagnitude
 
 
 def _check_model(model, name):
@@ -94,6 +97,12 @@ def _copy_annotated(layer):
     return copy_layer(layer)
 
 
+def _integer_replacement(layer):
+    """An equivalent layer that TFLite runs as integer ops, or None (see transforms and integer_forms)."""
+    replacement = transforms.affine_as_depthwise(layer)  # Rescaling/Normalization/BN: one op, not MUL + ADD
+    return replacement if replacement is not None else integer_form(layer)  # LayerNormalization: no NEG
+
+
 def quantize_apply(model, *, preserve_sparsity=True):
     """Replaces every annotated layer by its quantization-aware (QAT) version.
 
@@ -134,7 +143,7 @@ def quantize_apply(model, *, preserve_sparsity=True):
         if is_quantized(layer) and layer.quantize_config is None and not registry.is_supported(layer.layer)
     ]
     unsupported = [f"{layer.name} ({type(layer).__name__})" for layer in unsupported_layers]
-    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in unsupported_layers):
+    if any(isinstance(layer, PruneLowMagnitude) for layer in unsupported_layers):
         raise ValueError(
             "The model still has pruning wrappers (" + ", ".join(unsupported) + "). Strip them first: "
             "`quantize_model(kopt.sparsity.strip_pruning(model))`; the zeros are kept through QAT.")
@@ -157,14 +166,15 @@ def quantize_apply(model, *, preserve_sparsity=True):
             if layer is batchnorm:
                 return keras.layers.Identity(name=inner.name)
             inner = transforms.folded_layer(inner, batchnorm.layer)
-        elif layer.quantize_config is None and isinstance(inner, registry.SEPARABLE):
+        if layer.quantize_config is None and isinstance(inner, registry.SEPARABLE):
             depthwise, pointwise = transforms.split_separable(inner)
             return keras.Sequential([
                 wrap(depthwise, registry.default_config(depthwise), fused=False),  # the intermediate gets a range
                 wrap(pointwise, registry.default_config(pointwise), fused=id(layer) in fused),
             ], name=inner.name)
-        else:
-            inner = copy_layer(inner)
+        if id(layer) not in folds:
+            replacement = _integer_replacement(inner) if layer.quantize_config is None else None
+            inner = copy_layer(inner) if replacement is None else replacement
         return wrap(inner, layer.quantize_config or registry.default_config(inner), fused=id(layer) in fused)
 
     def wrap(inner, config, fused):
@@ -183,10 +193,17 @@ def quantize_apply(model, *, preserve_sparsity=True):
             return bool(model.layers) and is_quantized(model.layers[0])
         users = consumers(model)
         first = [u for t in keras.tree.flatten(model.input) for u in users.get(id(t._keras_history.operation), [])]
-        return bool(first) and all(is_quantized(u) for u in first)
+        return bool(first) and all(is_quantized(u) or not is_layer(u) for u in first)
+
+    def after_operation(operation):
+        # Plain operations (`x + y`, `keras.ops.mean`) and Lambda layers are quantized like their layer
+        # forms: their output gets its own range, except for shape operations, which keep their input's.
+        if is_shape_operation(operation):
+            return None
+        return QuantizeLayer(name=f"quant_{operation.name}")
 
     after_input = QuantizeLayer if input_consumers_quantized() else None
-    qat = rewrite_model(model, apply, after_input=after_input)
+    qat = rewrite_model(model, apply, after_input=after_input, after_operation=after_operation)
     for wrapper in created:
         if wrapper.built:
             wrapper.initialize_ranges()

@@ -24,7 +24,16 @@ _WEIGHTED = (
 OUTPUT_QUANTIZED = (
     L.ReLU, L.Activation, L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D,
-    L.Rescaling, L.Normalization, L.BatchNormalization, L.LeakyReLU, L.PReLU,
+    L.Rescaling, L.Normalization, L.BatchNormalization, L.LeakyReLU, L.PReLU, L.LayerNormalization,
+)
+
+# Layers with no int8 TFLite kernel whose weights QAT would have to simulate: quantize_apply names them
+# and points to `float_layers`. Any other layer the scheme does not know (custom layers, Lambda, plain
+# operations) gets its output quantized; what it computes inside is left to the converter.
+UNSUPPORTED = (
+    L.Conv3D, L.Conv3DTranspose, L.RNN, L.LSTM, L.GRU, L.SimpleRNN,
+    L.Bidirectional, L.ConvLSTM1D, L.ConvLSTM2D, L.ConvLSTM3D,
+    L.Wrapper,  # TimeDistributed, pruning wrappers ...: the wrapped layer's weights would go unquantized
 )
 
 # Layers that move or select values without changing their scale: left as they are.
@@ -47,18 +56,22 @@ def default_config(layer):
     """Returns the default `QuantizeConfig` for `layer`, `None` for pass-through layers.
 
     Raises:
-        KeyError: if the default scheme does not know the layer.
+        KeyError: for the `UNSUPPORTED` layers (no int8 TFLite kernel).
     """
     if isinstance(layer, PASS_THROUGH):
         return None
+    if isinstance(layer, UNSUPPORTED):
+        raise KeyError(type(layer).__name__)
+    if isinstance(layer, L.DepthwiseConv2D) and layer.depth_multiplier > 1:
+        # TFLite's int8 depthwise kernel has one scale per output channel (channels x multiplier), not
+        # per input channel: per tensor is what converts.
+        return Default8BitQuantizeConfig(["kernel"], ["activation"], False)
     for classes, kwargs in _WEIGHTED:
         if isinstance(layer, classes):
-            return Default8BitQuantizeConfig(**kwargs, quantize_activation=True)
+            return Default8BitQuantizeConfig(**kwargs, activation_attrs=["activation"], quantize_output=False)
     if isinstance(layer, L.Activation):
-        return Default8BitQuantizeConfig(quantize_activation=True)
-    if isinstance(layer, OUTPUT_QUANTIZED):
-        return Default8BitQuantizeConfig(quantize_output=True)
-    raise KeyError(type(layer).__name__)
+        return Default8BitQuantizeConfig([], ["activation"], False)
+    return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, custom layers
 
 
 def is_supported(layer):

@@ -13,7 +13,7 @@ from kopt._keras.clone import consumers, is_graph_model, walk_layers
 from kopt.quantization import registry
 
 L = keras.layers
-_FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense)
+_FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.SeparableConv1D, L.SeparableConv2D)
 
 
 def _unwrap(layer):
@@ -75,14 +75,20 @@ def plan(model, is_quantized):
     return folds, fused
 
 
+def _batchnorm_affine(batchnorm):
+    """`(scale, shift)` of a BatchNormalization in inference mode: `y = x * scale + shift`."""
+    values = {w.name: keras.ops.convert_to_numpy(w).astype("float32") for w in batchnorm.weights}
+    variance = values["moving_variance"]
+    scale = values.get("gamma", np.ones_like(variance)) / np.sqrt(variance + batchnorm.epsilon)
+    return scale, values.get("beta", np.zeros_like(variance)) - values["moving_mean"] * scale
+
+
 def folded_layer(producer, batchnorm):
-    """A copy of `producer` (Conv/Depthwise/Dense) with `batchnorm` folded into its kernel and bias."""
-    bn_weights = dict(zip([w.name for w in batchnorm.weights], batchnorm.get_weights()))
-    variance = bn_weights["moving_variance"]
-    scale = bn_weights.get("gamma", np.ones_like(variance)) / np.sqrt(variance + batchnorm.epsilon)
-    shift = bn_weights.get("beta", np.zeros_like(variance)) - bn_weights["moving_mean"] * scale
-    kernel = keras.ops.convert_to_numpy(producer.kernel)
-    bias = keras.ops.convert_to_numpy(producer.bias) if producer.use_bias else np.zeros_like(variance)
+    """A copy of `producer` (Conv/Depthwise/Separable/Dense) with `batchnorm` folded into its kernel and bias."""
+    scale, shift = _batchnorm_affine(batchnorm)
+    separable = isinstance(producer, (L.SeparableConv1D, L.SeparableConv2D))
+    kernel = keras.ops.convert_to_numpy(producer.pointwise_kernel if separable else producer.kernel)
+    bias = keras.ops.convert_to_numpy(producer.bias) if producer.use_bias else np.zeros_like(scale)
     if isinstance(producer, L.DepthwiseConv2D):
         h, w, channels, multiplier = kernel.shape
         kernel = (kernel.reshape(h, w, channels * multiplier) * scale).reshape(kernel.shape)
@@ -92,7 +98,10 @@ def folded_layer(producer, batchnorm):
     config["use_bias"] = True
     new = producer.__class__.from_config(config)
     new.build_from_config(producer.get_build_config())
-    new.set_weights([kernel.astype("float32"), (bias * scale + shift).astype("float32")])
+    weights = [kernel.astype("float32"), (bias * scale + shift).astype("float32")]
+    if separable:
+        weights = [keras.ops.convert_to_numpy(producer.depthwise_kernel)] + weights
+    new.set_weights(weights)
     return new
 
 
@@ -121,3 +130,47 @@ def split_separable(layer):
     depthwise.set_weights([values["depthwise_kernel"]])
     pointwise.set_weights([values["pointwise_kernel"]] + ([values["bias"]] if config["use_bias"] else []))
     return depthwise, pointwise
+
+
+def _affine_coefficients(layer):
+    """`(scale, offset)` arrays of `y = x * scale + offset` for a Rescaling or Normalization layer, else None."""
+    if isinstance(layer, L.Rescaling):
+        return np.asarray(layer.scale, "float32"), np.asarray(layer.offset, "float32")
+    if isinstance(layer, L.BatchNormalization) and layer.built and layer.axis in (-1, 3):
+        # Inference-mode statistics, frozen as for a BatchNormalization folded into a convolution.
+        return _batchnorm_affine(layer)
+    if isinstance(layer, L.Normalization) and not layer.invert and layer.mean is not None:
+        mean = keras.ops.convert_to_numpy(layer.mean).astype("float32")
+        std = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance).astype("float32")), keras.config.epsilon())
+        return 1.0 / std, -mean / std
+    return None
+
+
+def affine_as_depthwise(layer):
+    """A Rescaling/Normalization/BatchNormalization on images as an equivalent 1x1 DepthwiseConv2D, or None.
+
+    TFLite computes these layers as MUL then ADD (or SUB then DIV), with a float intermediate that
+    no QAT range covers (a BatchNormalization that follows a Conv/Dense is folded into it instead; this
+    is for the others, e.g. ResNetV2's pre-activation ones, with their statistics frozen). A 1x1 depthwise convolution computes the same per-channel `x * a + b` in one
+    integer op (each channel's single weight quantizes exactly with per-channel ranges).
+
+    Returns:
+        A built `DepthwiseConv2D` named like `layer`, or None (input not rank 4 channels-last, or
+        coefficients that do not broadcast per channel).
+    """
+    coefficients = _affine_coefficients(layer)
+    build = layer.get_build_config() if layer.built else None
+    if coefficients is None or build is None or keras.config.image_data_format() != "channels_last":
+        return None
+    shape = build["input_shape"]
+    if len(shape) != 4 or shape[-1] is None:
+        return None
+    channels = shape[-1]
+    try:
+        scale, offset = (np.broadcast_to(c, (1, 1, 1, channels)).reshape(channels) for c in coefficients)
+    except ValueError:
+        return None
+    depthwise = L.DepthwiseConv2D(1, use_bias=True, name=layer.name, dtype=layer.dtype_policy)
+    depthwise.build(shape)
+    depthwise.set_weights([scale.reshape(1, 1, channels, 1), offset])
+    return depthwise

@@ -1,13 +1,17 @@
 """`QuantizeWrapper`: runs a layer with fake-quantized weights and quantizes its activation/output."""
 
+import contextlib
+
 import keras
 from keras import ops
 
-from kopt._keras.calls import call_with_values
+from kopt._keras.calls import accepted_kwargs, call_with_values
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
 _PRE_QUANTIZED = ("softmax", "sigmoid", "tanh")
+# Activations TFLite fuses into the op before them.
+_FUSED = ("linear", "relu", "relu6")
 
 
 def _activation_name(activation):
@@ -20,30 +24,37 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     Weights are fake-quantized as the `quantize_config` says (and multiplied by a
     0/1 mask when `preserve_sparsity`, so a pruned layer stays pruned); the
-    layer's activation is taken over by the wrapper and quantized after it
+    layer's activation is applied by the wrapper and quantized after it
     (ReLU, linear) or before it (softmax, sigmoid, tanh); output quantizers
     apply to the result. All ranges are weights of the wrapper.
 
+    The wrapped layer is never modified: while the wrapper calls it, the layer
+    computes without its activation (the wrapper applies it between the
+    quantizers) and without its activity regularizer (the wrapper applies it to
+    its own, quantized output, so it is counted once); outside the call its
+    `activation` and `activity_regularizer` are its own. Losses the layer adds
+    with `add_loss` are kept, so `model.losses` and the training loss are as
+    without the wrapper.
+
     Args:
-        layer: the layer to quantize.
+        layer: the layer to quantize (it keeps its own activation).
         quantize_config: a `QuantizeConfig`.
         quantize_output: `False` when the next layer is a ReLU that TFLite fuses
             into this one, so this output has no range of its own.
         preserve_sparsity: keep the zeros of the weights at zero.
-        activation: internal (set by `from_config`); the activation taken over
-            from `layer`.
         **kwargs: passed to `keras.layers.Wrapper`.
 
     Example:
 
     ```python
+    dense = keras.layers.Dense(4, activation="relu")
     wrapper = kopt.quantization.QuantizeWrapper(
-        keras.layers.Dense(4), kopt.quantization.Default8BitQuantizeConfig(["kernel"], quantize_activation=True))
+        dense, kopt.quantization.Default8BitQuantizeConfig(["kernel"], ["activation"], False))
+    assert dense.activation is keras.activations.relu  # the wrapper applies it; the layer keeps it
     ```
     """
 
-    def __init__(self, layer, quantize_config, quantize_output=True, preserve_sparsity=False, activation=None,
-                 **kwargs):
+    def __init__(self, layer, quantize_config, quantize_output=True, preserve_sparsity=False, **kwargs):
         if not isinstance(quantize_config, QuantizeConfig):
             raise ValueError(f"`quantize_config` must be a kopt.quantization.QuantizeConfig, got {quantize_config!r}.")
         kwargs.setdefault("name", f"quant_{layer.name}")
@@ -53,13 +64,35 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.preserve_sparsity = bool(preserve_sparsity)
         activation_quantizers = quantize_config.get_activations_and_quantizers(layer)
         self._activation_quantizer = activation_quantizers[0][1] if activation_quantizers else None
-        if activation is not None:
-            self.activation = keras.activations.get(activation)
-        elif self._activation_quantizer is not None:
-            self.activation = layer.activation
-            layer.activation = keras.activations.linear  # the wrapper applies it, between quantizers
-        else:
-            self.activation = None
+        # The activation the wrapper applies between quantizers (the layer then runs without it).
+        self.activation = layer.activation if self._activation_quantizer is not None else None
+        # Keras applies a layer's activity regularizer to that layer's output: the wrapper's output
+        # is what the next layer sees (after the activation and the quantizer).
+        self.activity_regularizer = getattr(layer, "activity_regularizer", None)
+        self._own_attributes = {"activation": layer.activation} if self.activation is not None else {}
+        if self.activity_regularizer is not None:
+            self._own_attributes["activity_regularizer"] = self.activity_regularizer
+        self._taken_over_depth = 0
+
+    @contextlib.contextmanager
+    def _layer_without_taken_over_attributes(self):
+        """Inside: the wrapped layer computes with a linear activation and no activity regularizer."""
+        if not self._own_attributes:
+            yield
+            return
+        replacements = {"activation": keras.activations.linear, "activity_regularizer": None}
+        # A depth count, so that interleaved calls (replica threads of tf.distribute while tracing)
+        # restore the layer's own attributes only when the last one ends.
+        self._taken_over_depth += 1
+        try:
+            for name in self._own_attributes:
+                setattr(self.layer, name, replacements[name])
+            yield
+        finally:
+            self._taken_over_depth -= 1
+            if not self._taken_over_depth:
+                for name, value in self._own_attributes.items():
+                    setattr(self.layer, name, value)
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -76,6 +109,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self._activation_state = (
             self._activation_quantizer.build(self, (), "activation") if self._activation_quantizer else None
         )
+        # TFLite fuses only ReLU/ReLU6 into a Conv/Dense: before any other activation (swish, gelu ...)
+        # the layer's own output is a tensor of the int8 file and needs a range too.
+        # (An Activation layer's input is already quantized by the layer before it.)
+        self._pre_activation_state = None
+        if (self._activation_quantizer is not None and not isinstance(self.layer, keras.layers.Activation)
+                and _activation_name(self.activation) not in _FUSED + _PRE_QUANTIZED):
+            self._pre_activation_state = self._activation_quantizer.build(self, (), "pre_activation")
         self._output_quantizers = list(self.quantize_config.get_output_quantizers(self.layer))
         self._output_states = [q.build(self, (), f"output_{i}") for i, q in enumerate(self._output_quantizers)]
         self.built = True
@@ -100,12 +140,15 @@ class QuantizeWrapper(keras.layers.Wrapper):
             for (variable, value), (_, quantizer), state in zip(
                 self.effective_weights(), self._weights_and_quantizers, self._weight_states)
         ]
-        outputs = call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
+        with self._layer_without_taken_over_attributes():
+            outputs = call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
 
         if self.activation is not None:
             if _activation_name(self.activation) in _PRE_QUANTIZED:
                 outputs = self.activation(self._activation_quantizer(outputs, training, self._activation_state))
             else:
+                if self._pre_activation_state is not None:
+                    outputs = self._activation_quantizer(outputs, training, self._pre_activation_state)
                 outputs = self.activation(outputs)
                 if self.quantize_output:
                     outputs = self._activation_quantizer(outputs, training, self._activation_state)
@@ -119,15 +162,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def compute_output_spec(self, *args, **kwargs):
         kwargs.pop("training", None)
-        return self.layer.compute_output_spec(*args, **kwargs)
+        return self.layer.compute_output_spec(*args, **accepted_kwargs(self.layer, kwargs))
 
     def get_config(self):
         config = super().get_config()
+        # The layer's activation and activity regularizer are saved with the layer, once.
+        config.pop("activity_regularizer", None)
         config.update({
             "quantize_config": keras.saving.serialize_keras_object(self.quantize_config),
             "quantize_output": self.quantize_output,
             "preserve_sparsity": self.preserve_sparsity,
-            "activation": keras.activations.serialize(self.activation) if self.activation is not None else None,
         })
         return config
 
@@ -137,4 +181,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config["quantize_config"] = keras.saving.deserialize_keras_object(
             config["quantize_config"], custom_objects=custom_objects)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        # Files written before the wrapper stopped modifying its layer hold the layer with a linear
+        # activation and its real activation here: give it back to the (freshly loaded) layer.
+        activation = config.pop("activation", None)
+        if activation is not None and _activation_name(getattr(config["layer"], "activation", None)) == "linear":
+            config["layer"].activation = keras.activations.get(activation)
         return cls(**config)

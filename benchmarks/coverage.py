@@ -1,0 +1,164 @@
+"""Coverage of `keras.applications`: every family through prune, QAT int8 and post-training int8.
+
+For the smallest member of each family Keras 3.15 ships (`weights=None`, small inputs, 10 classes, logits
+out), this builds the model and trains it for a few steps on random labels (straight from its initializers
+its logits are near-constant), then:
+
+- prune: `prune_low_magnitude` (50%, ConstantSparsity) -> fit -> `strip_pruning`, sparsity of every pruned weight;
+- QAT int8: `quantize_model` -> fit -> `to_tflite(quantization="int8")`;
+- PTQ int8: `to_tflite(model, representative_data=...)`.
+
+Each file is run in LiteRT's interpreter and compared with the Keras model it came from (SQNR, decisive top-1
+agreement, bytes). Run `python benchmarks/coverage.py` for the table in RESULTS.md (`--only MobileNet,VGG16`
+for a subset). tests/quantization/test_applications.py uses the same models.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+# name -> (constructor in keras.applications, keyword arguments): the smallest member of each family, at the
+# smallest input it accepts (or 32x32).
+SPECS = {
+    "MobileNet": ("MobileNet", dict(input_shape=(32, 32, 3), alpha=0.25)),
+    "MobileNetV2": ("MobileNetV2", dict(input_shape=(32, 32, 3), alpha=0.35)),
+    "MobileNetV3Small": ("MobileNetV3Small", dict(input_shape=(32, 32, 3), alpha=0.75)),
+    "MobileNetV3Large": ("MobileNetV3Large", dict(input_shape=(32, 32, 3), alpha=0.75)),
+    "ResNet50": ("ResNet50", dict(input_shape=(32, 32, 3))),
+    "ResNet50V2": ("ResNet50V2", dict(input_shape=(32, 32, 3))),
+    "EfficientNetB0": ("EfficientNetB0", dict(input_shape=(32, 32, 3))),
+    "EfficientNetV2B0": ("EfficientNetV2B0", dict(input_shape=(32, 32, 3))),
+    "DenseNet121": ("DenseNet121", dict(input_shape=(32, 32, 3))),
+    "NASNetMobile": ("NASNetMobile", dict(input_shape=(32, 32, 3))),
+    "Xception": ("Xception", dict(input_shape=(71, 71, 3))),
+    "InceptionV3": ("InceptionV3", dict(input_shape=(75, 75, 3))),
+    "InceptionResNetV2": ("InceptionResNetV2", dict(input_shape=(75, 75, 3))),
+    "ConvNeXtTiny": ("ConvNeXtTiny", dict(input_shape=(32, 32, 3))),
+    "VGG16": ("VGG16", dict(input_shape=(32, 32, 3))),
+}
+
+
+def build(name, samples=32, seed=0):
+    """The family's smallest model (logits out), trained for a few steps, and input samples.
+
+    Returns:
+        `(model, x)`: a built Functional model and `samples` random images in the range it expects.
+    """
+    import keras
+    import numpy as np
+
+    constructor, kwargs = SPECS[name]
+    keras.utils.set_random_seed(seed)
+    model = getattr(keras.applications, constructor)(
+        weights=None, classes=10, classifier_activation=None, **kwargs)
+    shape = tuple(model.inputs[0].shape[1:])
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, size=(samples, *shape)).astype("float32")
+    if name not in ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "ConvNeXtTiny"):
+        x = x / 127.5 - 1.0  # the other families take preprocessed inputs
+    # A few steps of training: a network straight from its initializers gives near-constant logits
+    # (MobileNet: std 4e-18), which no int8 file can track.
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, rng.integers(0, 10, samples), batch_size=16, epochs=3, verbose=0)
+    return model, x
+
+
+def compare(model, tflite, x):
+    """SQNR (dB) and decisive top-1 agreement of a .tflite file vs the Keras model, computed here from scratch."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(tflite))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    got = []
+    for sample in x:
+        value = sample[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"]).astype("float64")
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y - zero) * scale
+        got.append(y[0])
+    got = np.stack(got)
+    reference = np.asarray(model(x, training=False), "float64")
+    sqnr = 10 * np.log10(np.sum(reference ** 2) / max(np.sum((reference - got) ** 2), 1e-30))
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 0.05 * np.std(reference)
+    agreement = float(np.mean(reference.argmax(-1)[decisive] == got.argmax(-1)[decisive])) if decisive.any() else None
+    return {"sqnr_db": float(sqnr), "top1": agreement, "decisive": int(decisive.sum()), "bytes": len(tflite)}
+
+
+def run_qat(model, x):
+    import kopt
+
+    qat = kopt.quantization.quantize_model(model)
+    qat.compile("sgd", "mse")
+    qat.fit(x, model.predict(x, verbose=0), batch_size=16, epochs=1, verbose=0)  # learn the float outputs
+    tflite = kopt.convert.to_tflite(qat, representative_data=x, validation_data=x)
+    return qat, tflite
+
+
+def run_ptq(model, x):
+    import kopt
+
+    return kopt.convert.to_tflite(model, representative_data=x, validation_data=x)
+
+
+def run_prune(model, x, sparsity=0.5):
+    """Prunes to `sparsity` (ConstantSparsity from step 0) with one fit, strips; returns the stripped model."""
+    import kopt
+
+    pruned = kopt.sparsity.prune_low_magnitude(
+        model, pruning_schedule=kopt.sparsity.ConstantSparsity(sparsity, 0, frequency=1))
+    pruned.compile("sgd", "mse")
+    pruned.fit(x, model.predict(x, verbose=0), batch_size=16, epochs=1, verbose=0,
+               callbacks=[kopt.sparsity.UpdatePruningStep()])
+    return kopt.sparsity.strip_pruning(pruned)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated family names (default: all)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    import kopt
+
+    names = [n for n in args.only.split(",") if n] or list(SPECS)
+    print("| model | params | prune 50%: min/max sparsity | QAT int8: SQNR dB, top-1 (decisive), KB | "
+          "PTQ int8: SQNR dB, top-1 (decisive), KB | float KB | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        start = time.time()
+        model, x = build(name)
+        cells = []
+        try:
+            stripped = run_prune(model, x)
+            values = kopt.sparsity.get_sparsity(stripped).values()
+            cells.append(f"{min(values):.3f} / {max(values):.3f}")
+        except Exception as error:  # noqa: BLE001 - the table reports failures
+            cells.append(f"FAIL {type(error).__name__}: {str(error)[:80]}")
+        for fn in (run_qat, run_ptq):
+            try:
+                result = fn(model, x)
+                reference, tflite = result if isinstance(result, tuple) else (model, result)
+                m = compare(reference, tflite, x)
+                top1 = "n/a" if m["top1"] is None else f"{m['top1']:.0%}"
+                cells.append(f"{m['sqnr_db']:.1f}, {top1} ({m['decisive']}/{len(x)}), {m['bytes'] / 1024:.0f}")
+            except Exception as error:  # noqa: BLE001
+                cells.append(f"FAIL {type(error).__name__}: {str(error)[:120]}")
+        float_kb = len(kopt.convert.to_tflite(model, quantization=None, validation_data=x[:4])) / 1024
+        print(f"| {name} | {model.count_params():,} | " + " | ".join(cells)
+              + f" | {float_kb:.0f} | {time.time() - start:.0f} |", flush=True)
+        keras.backend.clear_session()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Telling apart the plain operations (`x + y`, `keras.ops.*`) of a Keras 3 Functional graph.
+
+Keras exposes its operations as functions only (`keras.ops.reshape`); the `Operation` classes that
+a Functional graph records for them live in `keras.src.ops`, so they are imported here, once.
+"""
+
+from keras.src.ops import numpy as _numpy  # private: the classes behind keras.ops.* (no public alias)
+
+# Operations that move or select values without changing them: a quantized input stays quantized
+# with the same scale (TFLite's RESHAPE, TRANSPOSE, SQUEEZE ... keep their input's quantization).
+_SHAPE_OPERATIONS = tuple(
+    getattr(_numpy, name) for name in (
+        "Reshape", "Transpose", "Squeeze", "ExpandDims", "Ravel", "Flip", "Take", "Tile", "Repeat",
+        "GetItem", "BroadcastTo", "Split",
+    ) if hasattr(_numpy, name)
+)
+
+
+def is_shape_operation(operation):
+    """Whether a plain graph operation only moves values (reshape, transpose, slicing ...)."""
+    return isinstance(operation, _SHAPE_OPERATIONS)
