@@ -74,3 +74,9 @@ def count_ops(content):
 
     return sum(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) not in ("QUANTIZE", "DEQUANTIZE")
                and any(quantized(i) for i in op.outputs) for op in graph.operators)
+
+
+def file_sqnr(model, content, x):
+    """SQNR (dB) of a single-input, single-output file (run in LiteRT) against the Keras `model` on `x`."""
+    reference = np.asarray(model(x, training=False), np.float64)
+    return np_sqnr(reference, np.asarray(only_output(content, x), np.float64).reshape(reference.shape))

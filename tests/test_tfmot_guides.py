@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 
 import kopt
-from kopt.quantization import QuantizeLayer, QuantizeWrapper
+from kopt.quantization import QuantizeWrapper
 from kopt.sparsity import PruneLowMagnitude
 
 input_shape = [20]
@@ -179,9 +179,6 @@ def test_prune_sequential_example():
     assert model_for_pruning(np.zeros((2, 20), "float32")).shape == (2, 20)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PruneLowMagnitude/QuantizeAnnotate do not pass the wrapped layer's `input_shape` on to the Sequential "
-    "(Keras 3 reads `_input_shape_arg` of the first layer), so the model stays unbuilt until first called"))
 def test_prune_sequential_example_is_built_from_input_shape():
     model_for_pruning = keras.Sequential([
         kopt.sparsity.prune_low_magnitude(keras.layers.Dense(20, input_shape=input_shape)),
@@ -367,8 +364,6 @@ def test_prune_train_then_export_reaches_the_sparsity(pretrained_weights, data):
                                model_for_pruning.predict(x_train, verbose=0), atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kopt requires block_size to divide the weight (20x20 here); tfmot pads the last block"))
 def test_prune_with_block_sparsity():
     base_model = setup_model()
 
@@ -452,9 +447,6 @@ def test_quantize_functional_example():
     assert _kinds(quant_aware_model) == ["InputLayer", "QuantizeLayer", "QuantizeWrapper", "Flatten"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "QuantizeAnnotate does not pass the wrapped layer's `input_shape` on to the Sequential, which stays "
-    "unbuilt, and quantize_apply needs a built model"))
 def test_quantize_sequential_example():
     # Use `quantize_annotate_layer` to annotate that the `Dense` layer
     # should be quantized.
@@ -564,8 +556,8 @@ quantize_annotate_layer = kopt.quantization.quantize_annotate_layer
 quantize_annotate_model = kopt.quantization.quantize_annotate_model
 quantize_scope = kopt.quantization.quantize_scope
 
-# kopt: the guide's cells below put `input_shape=(20,)` on the annotated layer; kopt needs the Input given
-# to the Sequential instead (see the xfail test_quantize_sequential_example), the one change in these cells.
+# kopt: the guide gives `input_shape=(20,)` to the annotated layer (test_quantize_sequential_example runs that
+# verbatim); these cells give the Sequential a `keras.Input` instead.
 
 
 def _wrapper(model):

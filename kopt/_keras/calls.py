@@ -46,3 +46,15 @@ def call_with_values(layer, substitutes, *args, **kwargs):
         # scope), where `model.losses` finds them.
         layer.add_loss(list(scope.losses))
     return outputs
+
+
+def wrapper_kwargs(layer, kwargs):
+    """`kwargs` for a `keras.layers.Wrapper` around `layer`, carrying the layer's `input_shape=` argument.
+
+    `keras.Sequential([Wrapper(Dense(4, input_shape=(8,)))])` builds from its first layer's declared input
+    shape, which Keras keeps only in the private `_input_shape_arg`: the wrapper declares it too.
+    """
+    shape = getattr(layer, "_input_shape_arg", None)  # private: no public accessor in Keras 3
+    if shape is not None and "input_shape" not in kwargs and "input_dim" not in kwargs:
+        kwargs = {**kwargs, "input_shape": shape}
+    return kwargs

@@ -2,7 +2,7 @@
 
 import keras
 
-from kopt._keras.calls import accepted_kwargs
+from kopt._keras.calls import accepted_kwargs, wrapper_kwargs
 
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.quantizers import ActivationQuantizer
@@ -71,7 +71,7 @@ class QuantizeAnnotate(keras.layers.Wrapper):
             raise ValueError(
                 f"`quantize_config` must be a kopt.quantization.QuantizeConfig or None, got {quantize_config!r}.")
         kwargs.setdefault("name", f"quant_annotate_{layer.name}")
-        super().__init__(layer, **kwargs)
+        super().__init__(layer, **wrapper_kwargs(layer, kwargs))
         self.quantize_config = quantize_config
 
     def build(self, input_shape=None):

@@ -5,7 +5,7 @@ import contextlib
 import keras
 from keras import ops
 
-from kopt._keras.calls import accepted_kwargs, call_with_values
+from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -58,7 +58,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if not isinstance(quantize_config, QuantizeConfig):
             raise ValueError(f"`quantize_config` must be a kopt.quantization.QuantizeConfig, got {quantize_config!r}.")
         kwargs.setdefault("name", f"quant_{layer.name}")
-        super().__init__(layer, **kwargs)
+        super().__init__(layer, **wrapper_kwargs(layer, kwargs))
         self.quantize_config = quantize_config
         self.quantize_output = bool(quantize_output)
         self.preserve_sparsity = bool(preserve_sparsity)

@@ -40,8 +40,12 @@ def magnitude_mask(weight, sparsity):
 def block_mask(weight, sparsity, block_size, pooling):
     """Prunes whole `block_size` blocks of a 2-D weight, ranked by their AVG or MAX magnitude.
 
+    As in tfmot, a weight whose dimensions are not multiples of `block_size` is pooled with "SAME"
+    padding (an AVG block averages only the weights it holds) and the block mask is cropped to the
+    weight (mask identical to tfmot's, checked in tests/sparsity/test_masks.py).
+
     Args:
-        weight: a rank-2 tensor whose dimensions are multiples of `block_size`.
+        weight: a rank-2 tensor.
         sparsity: scalar float tensor in [0, 1).
         block_size: `(block_height, block_width)`.
         pooling: "AVG" or "MAX".
@@ -51,14 +55,25 @@ def block_mask(weight, sparsity, block_size, pooling):
     """
     rows, cols = weight.shape
     block_rows, block_cols = block_size
-    pool = ops.mean if pooling == "AVG" else ops.max
-    magnitudes = ops.abs(weight)
-    # Pool rows first, then columns, as tfmot's factorized pooling does.
-    pooled = pool(ops.reshape(magnitudes, (rows // block_rows, block_rows, cols)), axis=1)
-    pooled = pool(ops.reshape(pooled, (rows // block_rows, cols // block_cols, block_cols)), axis=2)
+    padded_rows, padded_cols = -(-rows // block_rows) * block_rows, -(-cols // block_cols) * block_cols
+    # TensorFlow's "SAME" padding, which tfmot pools with, splits the padding between both ends
+    # (floor at the start); the mask is then expanded from the first row/column and cropped, as in tfmot.
+    padding = tuple(((total // 2), total - total // 2) for total in (padded_rows - rows, padded_cols - cols))
+    magnitudes = ops.pad(ops.abs(weight), padding)  # zeros: they change no MAX, and AVG divides them out
+    valid = ops.pad(ops.ones_like(weight), padding)
+
+    def pool_rows_then_columns(values, reduce):
+        # Rows first, then columns, as tfmot's factorized pooling does.
+        pooled = reduce(ops.reshape(values, (padded_rows // block_rows, block_rows, padded_cols)), axis=1)
+        return reduce(ops.reshape(pooled, (padded_rows // block_rows, padded_cols // block_cols, block_cols)), axis=2)
+
+    if pooling == "AVG":
+        pooled = pool_rows_then_columns(magnitudes, ops.sum) / pool_rows_then_columns(valid, ops.sum)
+    else:
+        pooled = pool_rows_then_columns(magnitudes, ops.max)
     threshold, pooled_mask = magnitude_mask(pooled, sparsity)
     mask = ops.repeat(ops.repeat(pooled_mask, block_rows, axis=0), block_cols, axis=1)
-    return threshold, mask
+    return threshold, mask[:rows, :cols]
 
 
 def _to_m_by_n_layout(weight):

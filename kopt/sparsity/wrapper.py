@@ -6,7 +6,7 @@ import numbers
 import keras
 from keras import ops
 
-from kopt._keras.calls import accepted_kwargs, call_with_values
+from kopt._keras.calls import call_with_values, wrapper_kwargs
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -143,7 +143,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "from get_prunable_weights()."
             )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
-        super().__init__(layer, **kwargs)
+        super().__init__(layer, **wrapper_kwargs(layer, kwargs))
         self._step_callback_attached = False
 
     # -- building ---------------------------------------------------------------------------
@@ -213,11 +213,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 raise ValueError(
                     f"`block_size`={self.block_size} needs rank-2 weights (Dense, Embedding); {where} has "
                     f"rank {len(weight.shape)}. Use block_size=(1, 1) for this layer."
-                )
-            if weight.shape[0] % self.block_size[0] or weight.shape[1] % self.block_size[1]:
-                raise ValueError(
-                    f"`block_size`={self.block_size} does not divide {where}. Pick a block size whose "
-                    "height and width divide the weight's dimensions."
                 )
 
     # -- training ---------------------------------------------------------------------------

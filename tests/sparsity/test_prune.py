@@ -211,7 +211,6 @@ def test_bad_input_raises_value_error_naming_the_argument(call, match):
 @pytest.mark.parametrize(
     "layer, input_shape, kwargs, match",
     [
-        (L.Dense(6), (10,), {"block_size": (4, 4)}, "does not divide"),
         (L.Conv2D(4, 3), (8, 8, 3), {"block_size": (2, 2)}, "rank-2"),
         (L.Dense(8), (10,), {"sparsity_m_by_n": (2, 4)}, "multiple of 4"),
         (L.Conv1D(8, 3), (10, 4), {"sparsity_m_by_n": (2, 4)}, "rank-2"),
