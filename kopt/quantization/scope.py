@@ -1,6 +1,6 @@
 """`quantize_scope`: tfmot's context manager for loading quantized models."""
 
-import keras
+from kopt._keras.scope import custom_object_scope
 
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
@@ -45,14 +45,8 @@ def quantize_scope(*args):
         loaded = keras.models.load_model("qat.keras")
     ```
     """
-    for i, extra in enumerate(args):
-        if not isinstance(extra, dict):
-            raise ValueError(
-                f"quantize_scope() takes dicts {{name: class}}; argument {i} is {extra!r}. "
-                "Pass e.g. quantize_scope({'MyQuantizeConfig': MyQuantizeConfig}).")
-    objects = {cls.__name__: cls for cls in (
-        QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, LastValueQuantizer,
-        MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer)}
-    for extra in args:
-        objects.update(extra)
-    return keras.saving.custom_object_scope(objects)
+    return custom_object_scope(
+        "quantize_scope",
+        (QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, LastValueQuantizer,
+         MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer),
+        args, "quantize_scope({'MyQuantizeConfig': MyQuantizeConfig})")

@@ -1,7 +1,6 @@
 """`prune_scope`: tfmot's context manager for loading pruned models."""
 
-import keras
-
+from kopt._keras.scope import custom_object_scope
 from kopt.sparsity.schedules import ConstantSparsity, PolynomialDecay
 from kopt.sparsity.wrapper import PruneLowMagnitude
 
@@ -33,12 +32,5 @@ def prune_scope(*args):
         loaded = keras.models.load_model("pruned.keras")
     ```
     """
-    for i, extra in enumerate(args):
-        if not isinstance(extra, dict):
-            raise ValueError(
-                f"prune_scope() takes dicts {{name: class}}; argument {i} is {extra!r}. "
-                "Pass e.g. prune_scope({'MyPrunableDense': MyPrunableDense}).")
-    objects = {cls.__name__: cls for cls in (PruneLowMagnitude, ConstantSparsity, PolynomialDecay)}
-    for extra in args:
-        objects.update(extra)
-    return keras.saving.custom_object_scope(objects)
+    return custom_object_scope("prune_scope", (PruneLowMagnitude, ConstantSparsity, PolynomialDecay), args,
+                               "prune_scope({'MyPrunableDense': MyPrunableDense})")
