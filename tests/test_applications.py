@@ -23,12 +23,19 @@ KNOWN_MISMATCHES = {
 }
 
 
+# The families measured end to end in this configuration (benchmarks/RESULTS.md). NASNetMobile, Xception,
+# InceptionV3, InceptionResNetV2, ConvNeXtTiny and VGG16 go through QAT to full int8 too, but their final
+# figures are not measured yet (issue 6's closing note): they join this list with them.
+FAMILIES = ["MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "ResNet50V2",
+            "EfficientNetB0", "EfficientNetV2B0", "DenseNet121"]
+
+
 def _agrees(measured, min_sqnr_db, min_top1):
     return measured["sqnr_db"] >= min_sqnr_db and (measured["top1"] is None or measured["top1"] >= min_top1)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(coverage.SPECS))
+@pytest.mark.parametrize("name", FAMILIES)
 def test_family_prunes_quantizes_and_converts(name):
     model, x = coverage.build(name, samples=32)
     known = KNOWN_MISMATCHES.get(name, set())
