@@ -146,20 +146,22 @@ class _RangeQuantizer(Quantizer):
         if self.symmetric:
             ratio = -1.0 if self.narrow_range else -((1 << self.num_bits) - 2) / (1 << self.num_bits)
             low, high = ops.minimum(low, high / ratio), ops.maximum(high, low * ratio)
-            high = ops.maximum(high, _MIN_WIDTH)  # a no-op unless x is all zero
-            low = ops.minimum(low, high / ratio)
         else:
             low, high = ops.minimum(low, 0.0), ops.maximum(high, 0.0)
-            high = ops.maximum(high, low + _MIN_WIDTH)  # a no-op unless x is all zero
         if self.per_axis:
             # A channel that is (nearly) all zero, e.g. after pruning, would get a scale so small that
             # TFLite's int32 bias overflows: give it the widest channel's range. Its values quantize to
-            # zero either way.
+            # zero either way. (Decided before the floor below, which would blur "all zero".)
             width = high - low
             widest = ops.argmax(width)
             degenerate = width <= 1e-6 * ops.max(width)
             low = ops.where(degenerate, ops.take(low, widest), low)
             high = ops.where(degenerate, ops.take(high, widest), high)
+        if self.symmetric:
+            high = ops.maximum(high, _MIN_WIDTH)  # a no-op unless x is all zero
+            low = ops.minimum(low, high / ratio)
+        else:
+            high = ops.maximum(high, low + _MIN_WIDTH)  # a no-op unless x is all zero
         return low, high
 
     def update_range(self, x, weights):

@@ -183,14 +183,15 @@ def test_weight_quantizer_is_last_value_symmetric_narrow():
     np.testing.assert_array_equal(*outputs)
 
 
-def test_an_all_zero_channel_gets_the_widest_range():
-    kernel = RNG.normal(size=(4, 3)).astype("float32")
+@pytest.mark.parametrize("scale", [0.01, 0.3, 10.0])  # the widest channel narrower and wider than 1
+def test_an_all_zero_channel_gets_the_widest_range(scale):
+    kernel = (scale * RNG.normal(size=(4, 3))).astype("float32")
     kernel[:, 1] = 0.0  # e.g. pruned away: its own range would be zero
     quantizer = LastValueQuantizer(8, True, True, True)
     state = _state(quantizer, kernel.shape, "kernel")
     y = ops.convert_to_numpy(quantizer(kernel, True, state))
     widest = np.abs(kernel).max()
-    assert _np(state)["max"][1] == pytest.approx(widest)
+    assert _np(state)["max"][1] == pytest.approx(widest, rel=1e-5)
     np.testing.assert_array_equal(y[:, 1], 0.0)
 
 
