@@ -10,12 +10,13 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, quantization, sparsity
+from kopt import convert, distill, quantization, sparsity
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
-    for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert)):
+    for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert),
+                         ("distill", distill)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
             objects[f"kopt.{module}.{attribute}"] = getattr(name, attribute)

@@ -33,3 +33,15 @@ def test_import_kopt_has_no_side_effects():
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+def test_distillation_chain_example_runs(tmp_path):
+    """The README's prune + distill -> strip -> QAT + distill -> int8 example, as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Knowledge distillation"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code += "\nimport os; assert os.path.getsize('student_int8.tflite') > 0\n"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
