@@ -156,3 +156,16 @@ def test_not_a_keras_model():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="No .tflite file"):
             convert.inspect("/nonexistent/model.tflite")
+
+
+def test_post_training_int8_of_a_rewritten_graph_keeps_the_input_names(tmp_path):
+    """An unnamed keras.Input has tensor name 'keras_tensor_N' but layer name 'input_layer_N'; the integer
+    forms (here LayerNormalization without NEG) rebuild the graph, which must keep the signature's key
+    (ConvNeXt's post-training int8 failed with KeyError: 'input_layer')."""
+    inputs = keras.Input((6,))
+    x = keras.layers.LayerNormalization()(keras.layers.Dense(8)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    assert inputs.name != inputs._keras_history.operation.name
+    data = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    tflite = convert.to_tflite(model, str(tmp_path / "m.tflite"), quantization="int8", representative_data=data)
+    assert np_sqnr(model.predict(data, verbose=0), only_output(tflite, data)) > 20.0
