@@ -18,3 +18,11 @@ def test_step_benchmark_runs(script, label):
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert label in proc.stdout and "tfmot" in proc.stdout
+
+
+def test_distillation_benchmark_runs():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_distill.py"), "--quick", "--seeds", "1",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "student distilled" in proc.stdout and "cache / online" in proc.stdout

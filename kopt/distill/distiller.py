@@ -342,18 +342,19 @@ class Distiller(keras.distillation.Distiller):
         labels, _ = teacher_cache.split_targets(y)
         if labels is None:  # unlabelled data: only the losses mean something
             return {name: value for name, value in self.get_metrics_result().items() if "loss" in name}
-        masks, clean = [], []
+        # Unlabelled samples leave the batch (compiled `metrics`, unlike `weighted_metrics`, ignore sample
+        # weights, so a zero weight would not hide them).
+        keep = None
         for y_true in keras.tree.flatten(labels):
-            y_true, mask = _labeled(y_true)
-            clean.append(y_true)
-            masks.append(mask)
-        weights = masks[0]
-        for mask in masks[1:]:
-            weights = weights * mask
-        if sample_weight is not None:
-            weights = weights * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        labels = keras.tree.pack_sequence_as(labels, clean)
-        return super().compute_metrics(x, labels, self._outputs(y_pred), sample_weight=weights)
+            mask = _labeled(y_true)[1] > 0
+            keep = mask if keep is None else tf.logical_and(keep, mask)
+
+        def labelled(value):
+            return None if value is None else tf.boolean_mask(value, keep)
+
+        labels = keras.tree.map_structure(labelled, labels)
+        outputs = keras.tree.map_structure(labelled, self._outputs(y_pred))
+        return super().compute_metrics(x, labels, outputs, sample_weight=labelled(sample_weight))
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", **kwargs):
         """`keras.Model.fit`; in cache mode the teacher's outputs are computed first (with a progress bar).

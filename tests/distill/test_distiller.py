@@ -277,3 +277,16 @@ def test_mirrored_strategy_trains_as_one_device():
     np.testing.assert_allclose(mirrored[0], single[0], rtol=1e-5)
     for a, b in zip(mirrored[1], single[1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["metrics", "weighted_metrics"])
+def test_metrics_skip_unlabelled_samples(kind):
+    student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(
+        3, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant([1.0, 0.0, 0.0]))])
+    labels = np.where(np.arange(len(Y)) % 4 == 0, 0, distill.UNLABELED)  # labelled ones are class 0
+    labels[4] = 1
+    distiller = distill.Distiller(_teacher(), student)  # the student always predicts class 0
+    distiller.compile(optimizer="adam", loss=CE, **{kind: ["accuracy"]})
+    result = distiller.evaluate(X, labels, batch_size=16, verbose=0, return_dict=True)
+    labelled = labels >= 0
+    assert result["accuracy"] == pytest.approx(np.mean(labels[labelled] == 0))  # 23/24, not counting -1 as 0
