@@ -63,7 +63,23 @@ def build(name, samples=32, seed=0):
     # for every input (MobileNet: std 4e-18), which says nothing about a quantized file.
     from kopt._keras.clone import walk_layers
 
+    for layer in walk_layers(model):
+        if type(layer).__name__ == "LayerScale":
+            # ConvNeXt: LayerScale starts at 1e-6, so its blocks add nothing to the residual stream and an error
+            # in them could not show in the outputs; trained ConvNeXts have scales of order 0.1-1.
+            layer.gamma.assign(np.full(layer.gamma.shape, 0.3, "float32"))
     batchnorms = [layer for layer in walk_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    normalized = [layer for layer in walk_layers(model)
+                  if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))]
+    if not normalized:
+        # VGG: with no BatchNormalization, Glorot-initialized activations fade through its 16 layers (logits
+        # vary by 3e-5 between inputs); He initialization, made for ReLU networks, keeps them (0.09 on logits
+        # of mean size 0.8). Training on random labels would only teach it a per-class offset (0.005), and
+        # with no statistics to adjust, it is left untrained.
+        for i, layer in enumerate(walk_layers(model)):
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                layer.kernel.assign(keras.initializers.HeNormal(seed=seed * 1000 + i)(layer.kernel.shape))
+        return model, x
     for layer in batchnorms:
         layer.momentum = 0.5
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -116,9 +132,14 @@ def run_qat(model, x, on_mismatch="raise"):
     import keras
 
     import kopt
+    from kopt._keras.clone import walk_layers
 
     qat = kopt.quantization.quantize_model(model)
-    qat.compile(keras.optimizers.Adam(1e-4), "mse")
+    # Adam moves every weight by ~lr in its first steps whatever the gradient: 1e-4 is harmless with
+    # BatchNormalization but wipes out VGG16's input dependence (logit std over inputs 0.09 -> 0.008).
+    normalized = any(isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
+                     for layer in walk_layers(model))
+    qat.compile(keras.optimizers.Adam(1e-4 if normalized else 1e-6), "mse")
     qat.fit(x, model.predict(x, verbose=0), batch_size=16, epochs=1, verbose=0)  # learn the float outputs
     tflite = kopt.convert.to_tflite(qat, representative_data=x, validation_data=x, on_mismatch=on_mismatch)
     return qat, tflite
