@@ -290,3 +290,25 @@ def test_metrics_skip_unlabelled_samples(kind):
     result = distiller.evaluate(X, labels, batch_size=16, verbose=0, return_dict=True)
     labelled = labels >= 0
     assert result["accuracy"] == pytest.approx(np.mean(labels[labelled] == 0))  # 23/24, not counting -1 as 0
+
+
+def test_pruned_and_qat_students_resume_from_a_saved_distiller(tmp_path):
+    pruned = sparsity.prune_low_magnitude(_student(), pruning_schedule=sparsity.PolynomialDecay(0.0, 0.5, 0, 8,
+                                                                                                frequency=1))
+    distiller = distill.Distiller(_teacher(), pruned)
+    distiller.compile(optimizer="adam", loss=CE)
+    distiller.fit(X[:64], Y[:64], epochs=1, batch_size=16, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    distiller.save(tmp_path / "pruned.keras")
+    restored = keras.models.load_model(tmp_path / "pruned.keras")
+    layers = [layer for layer in restored.student.layers if isinstance(layer, sparsity.PruneLowMagnitude)]
+    assert [int(layer.pruning_step) for layer in layers] == [4, 4]  # 4 steps done: training resumes there
+    restored.fit(X[:64], Y[:64], epochs=1, batch_size=16, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    stripped = sparsity.strip_pruning(restored.student)
+    assert [np.mean(layer.get_weights()[0] == 0) for layer in stripped.layers] == [0.5, 0.5]
+
+    qat = distill.Distiller(restored.teacher, quantization.quantize_model(stripped))
+    qat.compile(optimizer="adam", loss=CE)
+    qat.fit(X, Y, epochs=1, verbose=0)
+    qat.save(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "qat.keras").predict(X, verbose=0),
+                                  qat.predict(X, verbose=0))
