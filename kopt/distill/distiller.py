@@ -232,6 +232,9 @@ class Distiller(keras.distillation.Distiller):
         value = check_temperature(value)
         for variable in self._temperatures:
             variable.assign(value)
+        for loss in self.distillation_losses:
+            if isinstance(loss, LogitsDistillation):
+                loss.temperature = value  # so that the saved config says it too
 
     def _check_teacher_frozen(self):
         if self.teacher.trainable or self.teacher.trainable_weights:

@@ -245,6 +245,7 @@ def test_distiller_and_stripped_student_save_and_load(tmp_path):
     restored = keras.models.load_model(path)
     assert (type(restored), restored.teacher_outputs, restored.student_loss_weight) == (
         distill.Distiller, "cache", pytest.approx(0.2))
+    assert restored.temperature == 2.5
     np.testing.assert_allclose(restored.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-6)
     assert restored.fit(X, Y, epochs=1, verbose=0).history["loss"][0] > 0  # compiled on load
     # The student alone loads with plain Keras (no kopt import).
