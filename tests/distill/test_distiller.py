@@ -313,3 +313,24 @@ def test_pruned_and_qat_students_resume_from_a_saved_distiller(tmp_path):
     qat.save(tmp_path / "qat.keras")
     np.testing.assert_array_equal(keras.models.load_model(tmp_path / "qat.keras").predict(X, verbose=0),
                                   qat.predict(X, verbose=0))
+
+
+@pytest.mark.slow
+def test_applications_teacher_and_student_with_features_cache_and_int8(tmp_path):
+    """keras.applications architectures: MobileNetV2 teaches MobileNet, logits plus a projected feature map."""
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (64, 32, 32, 3)).astype("float32"), rng.integers(0, 10, 64)
+    kwargs = dict(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+    teacher = keras.applications.MobileNetV2(alpha=0.35, **kwargs)
+    student = keras.applications.MobileNet(alpha=0.25, **kwargs)
+    feature = distill.FeatureDistillation("block_6_expand_relu", "conv_pw_5_relu", projection="dense")  # 64 -> 96
+    distiller = distill.Distiller(teacher, student, [distill.LogitsDistillation(), feature], [1.0, 0.1],
+                                  teacher_outputs="cache")
+    distiller.compile(optimizer="adam", loss=CE, metrics=["accuracy"])
+    history = distiller.fit(x, y, epochs=2, batch_size=16, verbose=0).history
+    assert history["distillation_loss"][1] < history["distillation_loss"][0]
+    qat = distill.Distiller(teacher, quantization.quantize_model(distiller.student), teacher_outputs="cache")
+    qat.compile(optimizer="adam", loss=CE)
+    qat.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    from kopt.convert import to_tflite  # raises unless full int8 and agreeing with the QAT student
+    to_tflite(qat.student, str(tmp_path / "student.tflite"), representative_data=x)
