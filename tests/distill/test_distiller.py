@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kopt import distill, quantization, sparsity
-from tests.distill.test_losses import hinton
+from tests.distill.test_distill_losses import hinton
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 8)).astype("float32")

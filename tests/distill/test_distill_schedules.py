@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kopt import distill
-from tests.distill.test_losses import hinton
+from tests.distill.test_distill_losses import hinton
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(32, 8)).astype("float32")
