@@ -18,9 +18,11 @@ import pytest
 COVERAGE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "coverage.py"
 
 # Files that convert to full int8 but do not agree with their model well enough (measured, see
-# benchmarks/RESULTS.md). Kept visible: the test fails as soon as one of them starts to agree.
+# benchmarks/RESULTS.md). They must still convert, and beat the 0-3 dB of a file with a broken scale.
+# EfficientNetV2B0's QAT file: every op's own int8 error is ideal (tf.lite QuantizationDebugger), but the
+# briefly trained network amplifies any error (40 dB of input noise comes out at 29 dB in pure float), and its
+# file agrees with its QAT model at 9-17 dB depending on the run.
 KNOWN_MISMATCHES = {
-    "EfficientNetB0": {"qat"},
     "EfficientNetV2B0": {"qat"},
 }
 
@@ -62,9 +64,9 @@ def test_family_prunes_quantizes_and_converts(name, tmp_path):
     # Both files are full int8, or to_tflite raised. QAT: its own strict validation, and again here in
     # LiteRT (a broken scale gives 0-3 dB, tests/convert).
     qat = result["qat"]
-    assert (qat["passed"] and _agrees(qat, 12.0, 0.85)) == ("qat" not in known), qat
+    assert qat["passed"] and _agrees(qat, 12.0, 0.85) if "qat" not in known else qat["sqnr_db"] > 6.0, qat
     # Post-training int8 of a briefly trained network: near-ties flip more often than after real training,
     # so the file is held to looser figures than kopt's 95% default.
     ptq = result["ptq"]
-    assert _agrees(ptq, 12.0, 0.75) == ("ptq" not in known), ptq
+    assert _agrees(ptq, 12.0, 0.75) if "ptq" not in known else ptq["sqnr_db"] > 6.0, ptq
     assert ptq["bytes"] < 0.4 * 4 * result["params"]  # int8 weights: ~1/4 of float32, plus metadata
