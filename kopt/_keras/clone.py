@@ -118,7 +118,7 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
         raise ValueError(f"Expected a Sequential or Functional model, got {type(model).__name__}.")
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=t.sparse,
-                              name=t.name),  # the tensors' names: model.export's signature keys
+                              name=t._keras_history.operation.name),  # keep the input layers' names
         model.input,
     )
     quantized_inputs = {}

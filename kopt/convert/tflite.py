@@ -226,12 +226,15 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     elif held is None and samples is not None:
         held = data_lib.take(samples, 0, max_samples)
 
-    named = None if calibration is None else {spec.name: s for spec, s in zip(inputs, calibration)}
     converted = model
     if integer_mode and not qat:
         from kopt.quantization import with_integer_forms
 
         converted = with_integer_forms(model)  # e.g. LayerNormalization without NEG; same function
+    # Keyed by the converted model's input names (its SavedModel signature): a rewritten graph names its
+    # inputs after the input layers, which an unnamed keras.Input names apart from its tensor.
+    named = None if calibration is None else {
+        spec.name: s for spec, s in zip(data_lib.model_inputs(converted), calibration)}
     content = _convert(converted, quantization, named, input_type, output_type)
 
     if quantization == "int8" and not allow_float_ops:

@@ -125,4 +125,11 @@ def with_integer_forms(model):
         replacement = integer_form(layer)
         return copy_layer(layer) if replacement is None else replacement
 
-    return rewrite_model(model, replace)
+    rewritten = rewrite_model(model, replace)
+    if [t.name for t in rewritten.inputs] == [t.name for t in model.inputs]:
+        return rewritten
+    # An unnamed keras.Input names its tensor (the SavedModel signature key) apart from its layer, and the
+    # rewrite keeps the layer names: wrapped here so the signature keeps the model's own input names.
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), model.input)
+    return keras.Model(inputs, rewritten(inputs), name=model.name)
