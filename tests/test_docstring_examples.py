@@ -19,7 +19,9 @@ def _public_objects():
                          ("distill", distill)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
-            objects[f"kopt.{module}.{attribute}"] = getattr(name, attribute)
+            value = getattr(name, attribute)
+            if not isinstance(value, (int, float, str)):  # constants are documented where they are used
+                objects[f"kopt.{module}.{attribute}"] = value
     # Result containers are documented by the functions that return them.
     for name in ("BenchmarkResult", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
         objects.pop(f"kopt.convert.{name}", None)

@@ -130,6 +130,7 @@ def with_integer_forms(model):
         return rewritten
     # An unnamed keras.Input names its tensor (the SavedModel signature key) apart from its layer, and the
     # rewrite keeps the layer names: wrapped here so the signature keeps the model's own input names.
+    structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
     inputs = keras.tree.map_structure(
-        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), model.input)
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), structure)
     return keras.Model(inputs, rewritten(inputs), name=model.name)

@@ -164,8 +164,11 @@ def test_post_training_int8_of_a_rewritten_graph_keeps_the_input_names(tmp_path)
     (ConvNeXt's post-training int8 failed with KeyError: 'input_layer')."""
     inputs = keras.Input((6,))
     x = keras.layers.LayerNormalization()(keras.layers.Dense(8)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    functional = keras.Model(inputs, keras.layers.Dense(3)(x))
     assert inputs.name != inputs._keras_history.operation.name
+    sequential = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.LayerNormalization(),
+                                   keras.layers.Dense(3)])
     data = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
-    tflite = convert.to_tflite(model, str(tmp_path / "m.tflite"), quantization="int8", representative_data=data)
-    assert np_sqnr(model.predict(data, verbose=0), only_output(tflite, data)) > 20.0
+    for model in (functional, sequential):
+        tflite = convert.to_tflite(model, str(tmp_path / "m.tflite"), quantization="int8", representative_data=data)
+        assert np_sqnr(model.predict(data, verbose=0), only_output(tflite, data)) > 20.0
