@@ -26,10 +26,11 @@ KNOWN_MISMATCHES = {
     "EfficientNetV2B0": {"qat"},
 }
 
-# Every family Keras 3.15 ships (its smallest member), in benchmarks/coverage.py's SPECS.
-FAMILIES = ["MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "ResNet50V2",
-            "EfficientNetB0", "EfficientNetV2B0", "DenseNet121", "NASNetMobile", "Xception", "InceptionV3",
-            "InceptionResNetV2", "ConvNeXtTiny", "VGG16"]
+# Every family Keras 3.15 ships (its smallest member), in benchmarks/coverage.py's SPECS; the slowest first
+# (RESULTS.md's seconds), so that the two pytest-xdist workers finish together.
+FAMILIES = ["InceptionResNetV2", "NASNetMobile", "DenseNet121", "ConvNeXtTiny", "InceptionV3", "EfficientNetV2B0",
+            "Xception", "ResNet50V2", "EfficientNetB0", "ResNet50", "MobileNetV3Large", "VGG16", "MobileNetV3Small",
+            "MobileNetV2", "MobileNet"]
 
 
 def _agrees(measured, min_sqnr_db, min_top1):
