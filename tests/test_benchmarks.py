@@ -26,3 +26,12 @@ def test_distillation_benchmark_runs():
                            "--rounds", "1"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "student distilled" in proc.stdout and "cache / online" in proc.stdout
+
+
+def test_search_benchmark_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_search.py"), "--quick", "--plot",
+                           str(tmp_path / "front.png")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "`kopt demo` int8 file (same run)" in proc.stdout and "wall time per trial" in proc.stdout
+    assert (tmp_path / "front.png").stat().st_size > 0

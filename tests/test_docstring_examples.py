@@ -10,17 +10,17 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, quantization, sparsity
+from kopt import convert, distill, quantization, search, sparsity
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
     for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert),
-                         ("distill", distill)):
+                         ("distill", distill), ("search", search)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
             value = getattr(name, attribute)
-            if not isinstance(value, (int, float, str)):  # constants are documented where they are used
+            if not isinstance(value, (int, float, str, dict)):  # constants are documented where they are used
                 objects[f"kopt.{module}.{attribute}"] = value
     # Result containers are documented by the functions that return them.
     for name in ("BenchmarkResult", "TFLiteInfo", "TFLiteModel", "ValidationReport"):

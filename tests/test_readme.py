@@ -45,3 +45,16 @@ def test_distillation_chain_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_search_example_runs(tmp_path):
+    """The README's compression search example, as written: front printed, figure and best model."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Compression-aware search"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code += "\nimport os; assert os.path.getsize('front.png') > 0 and isinstance(best, keras.Model)\n"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Trial 4/4" in proc.stdout and "Pareto front" in proc.stdout
