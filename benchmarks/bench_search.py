@@ -111,6 +111,23 @@ def main():
               f"({(memory[-1] - memory[4]) / (len(memory) - 5):+.1f} MB per trial); peak RSS {peak:.0f} MB.")
     else:
         print(f"Peak RSS {peak:.0f} MB.")
+    # Baseline in the same process: the same hypermodel trained with plain Keras (one epoch), then
+    # keras.backend.clear_session(), as many times as there were trials: how much one bare `fit` keeps.
+    import gc
+
+    import keras_tuner
+
+    baseline = []
+    for i in range(len(memory)):
+        keras.backend.clear_session()
+        gc.collect()
+        hp = keras_tuner.HyperParameters()
+        build(hp).fit(x, y, epochs=1, batch_size=32, verbose=0)
+        gc.collect()
+        baseline.append(rss_mb())
+    if len(baseline) >= 10:
+        print(f"Baseline, plain Keras fit + clear_session, RSS growth from fit 5 to fit {len(baseline)}: "
+              f"{(baseline[-1] - baseline[4]) / (len(baseline) - 5):+.1f} MB per fit.")
     if args.plot:
         tuner.plot_pareto(args.plot, title=f"digits: {len(completed)} trials, Pareto front in red")
         print(f"Figure: {args.plot}")

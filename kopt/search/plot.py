@@ -28,7 +28,7 @@ def plot_pareto(results, front, path, title=None):
     """
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("plot_pareto needs matplotlib: pip install matplotlib") from e
     extension = os.path.splitext(str(path))[1].lstrip(".").lower()
@@ -40,7 +40,7 @@ def plot_pareto(results, front, path, title=None):
     on_front = {r.trial_id for r in front}
     figure = Figure(figsize=(12, 5), layout="constrained")
     axes = figure.subplots(1, 2)
-    for ax, metric, unit in ((axes[0], "size", ".tflite size (bytes)"), (axes[1], "latency", "latency (ms, median)")):
+    for ax, metric, unit in ((axes[0], "size", ".tflite size"), (axes[1], "latency", "latency (ms, median)")):
         shown = [r for r in completed if metric in r.metrics]
         others = [r for r in shown if r.trial_id not in on_front]
         best = [r for r in shown if r.trial_id in on_front]
@@ -55,11 +55,14 @@ def plot_pareto(results, front, path, title=None):
         for r in best:
             ax.annotate(r.label, (r.metrics[metric], r.metrics["accuracy"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
-        if metric == "size":
+        if metric == "size":  # sizes span decades: log scale, ticks at 1, 2, 5 x 10^k, in kB
             ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g} kB"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+            ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel(unit)
         ax.set_ylabel("accuracy of the .tflite file")
         ax.grid(True, alpha=0.3)
