@@ -74,6 +74,9 @@ def _make_oracle(oracle, max_trials, seed, tuner_kwargs):
     if isinstance(oracle, keras_tuner.Oracle):
         oracle.objective = objective  # kopt scores trials itself (see CompressionTuner)
         return oracle
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 1):
+        raise ValueError(f"`seed` must be an integer >= 1 or None, got {seed!r} (keras-tuner reads 0 as no seed, "
+                         "so seed=0 would not repeat).")
     if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 1:
         raise ValueError(f"`max_trials` must be an integer >= 1, got {max_trials!r}.")
     # kopt stops a search whose first trials all fail; failures later on are reported, not fatal.
@@ -171,7 +174,8 @@ class CompressionTuner(keras_tuner.Tuner):
         constraints: bounds the best trial must meet, e.g.
             `{"size": 100_000, "latency": 2.0}` (at most) or
             `{"accuracy": 0.95}` (at least).
-        seed: seed of the oracle.
+        seed: seed of the oracle, an integer >= 1 (keras-tuner takes 0 as no
+            seed), or None.
         latency_runs: timed inferences per latency measurement.
         **tuner_kwargs: passed to `keras_tuner.Tuner` (e.g. `max_model_size`:
             larger models fail their trial), or to the oracle ("max_epochs",

@@ -261,6 +261,7 @@ def test_hyperband_continues_promoted_models(digits, tmp_path):
     ({"oracle": "grid"}, ValueError, "'random', 'bayesian', 'hyperband'"),
     ({"oracle": "hyperband"}, ValueError, "max_epochs"),
     ({"max_trials": 0}, ValueError, "max_trials"),
+    ({"seed": 0}, ValueError, "keras-tuner reads 0 as no seed"),
     ({"max_epochs": 3}, ValueError, r"\['max_epochs'\] apply to oracle='hyperband', not oracle='random'"),
     ({"loss": "mse"}, ValueError, "compile the model in the hypermodel"),
 ])
