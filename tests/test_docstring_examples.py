@@ -10,13 +10,14 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, quantization, search, sparsity
+from kopt import convert, distill, distribute, quantization, search, sparsity
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
     for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert),
-                         ("distill", distill), ("search", search)):
+                         ("distill", distill), ("search", search),
+                         ("distribute", distribute)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
             value = getattr(name, attribute)

@@ -7,6 +7,7 @@ import warnings
 
 import keras
 
+from kopt._keras.precision import as_float32
 from kopt.convert import data as data_lib
 from kopt.convert import validate as validate_lib
 from kopt.convert.inspect import inspect
@@ -192,6 +193,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     ```
     """
     _check_arguments(model, path, quantization, input_type, output_type, on_mismatch)
+    model = as_float32(model)  # trained under mixed precision: export (and validate) in float32
     integer_mode = quantization in ("int8", "int16x8")
     default_type = {"int8": "int8", "int16x8": "int16"}.get(quantization, "float32")
     input_type = input_type or default_type

@@ -123,7 +123,7 @@ class _RangeQuantizer(Quantizer):
         def var(suffix, value):
             return layer.add_weight(
                 name=f"{name}_{suffix}", shape=channels, initializer=keras.initializers.Constant(value),
-                trainable=False, aggregation="mean",
+                trainable=False, aggregation="mean", dtype="float32", autocast=False,  # float32 under mixed precision
             )
 
         return {"min": var("min", self.init_min), "max": var("max", self.init_max)}
@@ -169,14 +169,19 @@ class _RangeQuantizer(Quantizer):
         raise NotImplementedError
 
     def __call__(self, inputs, training, weights):
+        # Ranges and fake quantization stay float32 under a mixed precision policy (bfloat16 cannot even
+        # hold an int8 grid step exactly); the result goes back in the layer's compute dtype.
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        x = inputs if dtype == "float32" else ops.cast(inputs, "float32")
         if training:
-            self.update_range(inputs, weights)
+            self.update_range(x, weights)
         # The kept variables go straight into the op: after freezing they are the constants the
         # TFLite converter needs to turn FakeQuant into int8 quantization parameters.
-        return keras.quantizers.fake_quant_with_min_max_vars(
-            inputs, weights["min"], weights["max"], num_bits=self.num_bits, narrow_range=self.narrow_range,
-            axis=self.axis % len(inputs.shape) if self.per_axis else None,
+        y = keras.quantizers.fake_quant_with_min_max_vars(
+            x, weights["min"], weights["max"], num_bits=self.num_bits, narrow_range=self.narrow_range,
+            axis=self.axis % len(x.shape) if self.per_axis else None,
         )
+        return y if dtype == "float32" else ops.cast(y, dtype)
 
     def get_config(self):
         return {"num_bits": self.num_bits, "per_axis": self.per_axis, "symmetric": self.symmetric,
@@ -347,7 +352,8 @@ class ActivationQuantizer(MovingAverageQuantizer):
     def build(self, layer, shape, name):
         weights = super().build(layer, shape, name)
         weights["seen"] = layer.add_weight(
-            name=f"{name}_seen", shape=(), initializer="zeros", trainable=False, aggregation="mean")
+            name=f"{name}_seen", shape=(), initializer="zeros", trainable=False, aggregation="mean",
+            dtype="float32", autocast=False)
         return weights
 
     def update_range(self, x, weights):
