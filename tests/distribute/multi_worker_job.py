@@ -4,7 +4,7 @@
     python multi_worker_job.py OUT_DIR single                        # the same training on one device
 
 Prunes the digits CNN to 50% (PolynomialDecay, UpdatePruningStep), strips it, fine-tunes it quantization-aware,
-and saves what every replica must agree on (masks, pruning step, QAT ranges, final weights) to OUT_DIR/<name>.npz;
+distills the stripped CNN into a small MLP (kopt.distill.Distiller), and saves what every replica must agree on (masks, pruning step, QAT ranges, final weights) to OUT_DIR/<name>.npz;
 worker 0 (and the single run) also converts the QAT model to int8 TFLite. With --plain the worker uses
 tf.distribute.MultiWorkerMirroredStrategy as it is and records whether Keras's fit fails.
 """
@@ -63,7 +63,13 @@ with strategy.scope():
     qat = kopt.quantization.quantize_model(stripped)
     qat.compile(keras.optimizers.SGD(0.01), loss, metrics=["accuracy"])
 qat.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+with strategy.scope():  # distillation from the stripped CNN into a small MLP
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    distiller = kopt.distill.Distiller(stripped, student)
+    distiller.compile(keras.optimizers.SGD(0.05), loss)
+distiller.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
 arrays = {f"mask{i}": m for i, m in enumerate(record["mask"])}
+arrays.update({f"student{i}": w for i, w in enumerate(student.get_weights())})
 arrays.update({f"qat_{w.path.replace('/', '.')}": w.numpy() for w in qat.weights})
 arrays.update({f"stripped{i}": w for i, w in enumerate(stripped.get_weights())})
 arrays["pruning_step"] = np.array(record["pruning_step"])

@@ -74,3 +74,11 @@ def test_qat_and_file_close_to_one_device(runs):
     for key in (k for k in w0.files if k.startswith("qat_")):
         np.testing.assert_allclose(w0[key], single[key], atol=0.05, err_msg=key)
     assert abs(float(w0["file_accuracy"]) - float(single["file_accuracy"])) <= 0.03
+
+
+def test_distillation_matches_one_device(runs):
+    w0, single = runs["worker0"], runs["single"]
+    students = [k for k in w0.files if k.startswith("student")]
+    assert students
+    for key in students:  # the loss is scaled per replica: no gradient counted twice
+        np.testing.assert_allclose(w0[key], single[key], atol=1e-4, err_msg=key)
