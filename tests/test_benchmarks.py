@@ -35,3 +35,11 @@ def test_search_benchmark_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "`kopt demo` int8 file (same run)" in proc.stdout and "wall time per trial" in proc.stdout
     assert (tmp_path / "front.png").stat().st_size > 0
+
+
+def test_distribute_benchmark_runs():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_distribute.py"), "--rounds", "1", "--steps", "5"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kopt pruned / Keras 3, 2 replicas" in proc.stdout and "| kopt qat, 2 replicas |" in proc.stdout
