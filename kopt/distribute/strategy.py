@@ -50,6 +50,14 @@ def _tpu_strategy(tpu):
         address = "grpc://" + os.environ["COLAB_TPU_ADDR"]
     else:  # a TPU VM, as Colab's TPU runtimes are now
         address = "local"
+    if address == "local" and not tf.config.list_physical_devices("TPU"):
+        # Checked before connecting: experimental_connect_to_cluster changes this process's runtime for good
+        # (later collectives, e.g. a MirroredStrategy's, fail), so it must not run without a TPU to reach.
+        raise RuntimeError(
+            f"A TPU was asked for (tpu={tpu!r}) but this machine has none. Check that the runtime has a TPU (in "
+            "Colab: Runtime > Change runtime type > TPU). On a TPU VM, TensorFlow and tensorflow-tpu must be the "
+            f"same version (this is TensorFlow {tf.__version__}; the newest tensorflow-tpu is 2.20, so install "
+            "tensorflow==2.20.* with tensorflow-tpu==2.20.*). Without a TPU, call get_strategy() with tpu=None.")
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
         tf.config.experimental_connect_to_cluster(resolver)

@@ -2,7 +2,6 @@
 
 import json
 
-import keras
 import pytest
 import tensorflow as tf
 
@@ -30,11 +29,9 @@ def test_mirrored_over_the_devices_given():
     text = kopt.distribute.describe(strategy)
     assert "MirroredStrategy, 2 replicas in sync" in text and "devices given" in text
     assert kopt.distribute.global_batch_size(32, strategy) == 64
-    with strategy.scope():  # kopt's wrappers work under it
-        model = kopt.sparsity.prune_low_magnitude(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
-        model.compile("sgd", "mse")
-    model.fit(tf.ones((8, 4)), tf.ones((8, 2)), batch_size=4, verbose=0,
-              callbacks=[kopt.sparsity.UpdatePruningStep()])
+    # No fit here: a second MirroredStrategy over the same devices running collectives in this process makes
+    # later ones (tests/sparsity/test_distributed.py, tests/quantization/test_quantize.py) fail with
+    # "Shape mismatch in the collective instance". kopt under MirroredStrategy is trained there.
 
 
 def test_devices_that_do_not_exist():
