@@ -35,26 +35,27 @@ def test_import_kopt_has_no_side_effects():
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
 
-def test_distillation_chain_example_runs(tmp_path):
-    """The README's prune + distill -> strip -> QAT + distill -> int8 example, as written."""
+def _run_section_example(heading, check, tmp_path):
+    """Runs the first python block after `heading` in the README, plus `check`, in a fresh process."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Knowledge distillation"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code += "\nimport os; assert os.path.getsize('student_int8.tflite') > 0\n"
+    section = readme[readme.index(heading):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1) + "\n" + check + "\n"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_distillation_chain_example_runs(tmp_path):
+    """The README's prune + distill -> strip -> QAT + distill -> int8 example, as written."""
+    _run_section_example("## Knowledge distillation",
+                         "import os; assert os.path.getsize('student_int8.tflite') > 0", tmp_path)
 
 
 def test_search_example_runs(tmp_path):
     """The README's compression search example, as written: front printed, figure and best model."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Compression-aware search"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code += "\nimport os; assert os.path.getsize('front.png') > 0 and isinstance(best, keras.Model)\n"
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Trial 4/4" in proc.stdout and "Pareto front" in proc.stdout
+    out = _run_section_example("## Compression-aware search",
+                               "import os; assert os.path.getsize('front.png') > 0 and isinstance(best, keras.Model)",
+                               tmp_path)
+    assert "Trial 4/4" in out and "Pareto front" in out
