@@ -20,6 +20,8 @@ import numbers
 import keras
 from keras import ops
 
+from kopt._keras.distribution import cross_replica_range
+
 # Narrowest range kept: an all-zero tensor would otherwise get a zero scale, which TFLite's int32
 # bias (scale = input scale x weight scale) and requantization multipliers cannot represent.
 _MIN_WIDTH = 1e-6
@@ -123,7 +125,7 @@ class _RangeQuantizer(Quantizer):
         def var(suffix, value):
             return layer.add_weight(
                 name=f"{name}_{suffix}", shape=channels, initializer=keras.initializers.Constant(value),
-                trainable=False, aggregation="mean", dtype="float32", autocast=False,  # float32 under mixed precision
+                trainable=False, aggregation="none", dtype="float32", autocast=False,  # float32 under mixed precision
             )
 
         return {"min": var("min", self.init_min), "max": var("max", self.init_max)}
@@ -163,6 +165,15 @@ class _RangeQuantizer(Quantizer):
         else:
             high = ops.maximum(high, low + _MIN_WIDTH)  # a no-op unless x is all zero
         return low, high
+
+    def training_range(self, x):
+        """The range of the training batch `x` for `update_range`: `batch_range(x)`, across replicas.
+
+        Under a `tf.distribute` strategy each replica sees part of the global batch: the range is
+        the widest of the replicas' ranges (one all-gather), exactly what one device would measure
+        on the whole batch. Every replica then keeps the same range.
+        """
+        return cross_replica_range(*self.batch_range(x))
 
     def update_range(self, x, weights):
         """Updates the kept range from a training batch `x` (the policy)."""
@@ -215,7 +226,7 @@ class LastValueQuantizer(_RangeQuantizer):
     """
 
     def update_range(self, x, weights):
-        low, high = self.batch_range(x)
+        low, high = self.training_range(x)
         weights["min"].assign(ops.cast(low, weights["min"].dtype))
         weights["max"].assign(ops.cast(high, weights["max"].dtype))
 
@@ -256,7 +267,7 @@ class MovingAverageQuantizer(_RangeQuantizer):
         self.ema_decay = float(ema_decay)
 
     def update_range(self, x, weights):
-        low, high = self.batch_range(x)
+        low, high = self.training_range(x)
         decay = self.ema_decay
         weights["min"].assign(ops.cast(weights["min"] * decay + low * (1.0 - decay), weights["min"].dtype))
         weights["max"].assign(ops.cast(weights["max"] * decay + high * (1.0 - decay), weights["max"].dtype))
@@ -291,7 +302,7 @@ class AllValuesQuantizer(_RangeQuantizer):
     init_min, init_max = 0.0, 0.0  # tfmot's initial range
 
     def update_range(self, x, weights):
-        low, high = self.batch_range(x)
+        low, high = self.training_range(x)
         weights["min"].assign(ops.cast(ops.minimum(weights["min"], low), weights["min"].dtype))
         weights["max"].assign(ops.cast(ops.maximum(weights["max"], high), weights["max"].dtype))
 
@@ -352,12 +363,12 @@ class ActivationQuantizer(MovingAverageQuantizer):
     def build(self, layer, shape, name):
         weights = super().build(layer, shape, name)
         weights["seen"] = layer.add_weight(
-            name=f"{name}_seen", shape=(), initializer="zeros", trainable=False, aggregation="mean",
+            name=f"{name}_seen", shape=(), initializer="zeros", trainable=False, aggregation="none",
             dtype="float32", autocast=False)
         return weights
 
     def update_range(self, x, weights):
-        low, high = self.batch_range(x)
+        low, high = self.training_range(x)
         seen = ops.convert_to_tensor(weights["seen"]) > 0
         decay = self.ema_decay
         for key, batch in (("min", low), ("max", high)):

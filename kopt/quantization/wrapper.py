@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
+from kopt._keras.distribution import same_on_every_replica
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -160,11 +161,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def call(self, inputs, *args, training=None, **kwargs):
         training = bool(training)
-        mapping = [
-            (variable, quantizer(value, training, state))
-            for (variable, value), (_, quantizer), state in zip(
-                self.effective_weights(), self._weights_and_quantizers, self._weight_states)
-        ]
+        # Weights are mirrored: their ranges come out the same on every replica with no collective.
+        with same_on_every_replica():
+            mapping = [
+                (variable, quantizer(value, training, state))
+                for (variable, value), (_, quantizer), state in zip(
+                    self.effective_weights(), self._weights_and_quantizers, self._weight_states)
+            ]
         with self._layer_without_taken_over_attributes():
             outputs = call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
 

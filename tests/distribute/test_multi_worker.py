@@ -70,9 +70,9 @@ def test_pruning_matches_one_device(runs):
 
 def test_qat_and_file_close_to_one_device(runs):
     w0, single = runs["worker0"], runs["single"]
-    # Activation ranges follow each replica's half batch, so QAT differs a little from one device.
+    # Activation ranges are the widest over the workers' half batches: the one-device range.
     for key in (k for k in w0.files if k.startswith("qat_")):
-        np.testing.assert_allclose(w0[key], single[key], atol=0.05, err_msg=key)
+        np.testing.assert_allclose(w0[key], single[key], atol=1e-3, err_msg=key)
     assert abs(float(w0["file_accuracy"]) - float(single["file_accuracy"])) <= 0.03
 
 

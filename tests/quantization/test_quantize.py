@@ -119,12 +119,12 @@ def test_qat_under_mirrored_strategy(digits):
             replicas = [v.numpy() for v in variable.value.values]
             assert len(replicas) == 2
             np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
-    # Each replica's activation range comes from its half of the batch (then averaged), so the two
-    # runs differ by a little quantization noise, not more.
-    for a, b in zip(mirrored.trainable_weights, single.trainable_weights):
-        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=5e-3)
+    # The activation ranges are the widest of the replicas' ranges: what one device measures on the
+    # whole batch. So the two runs agree to floating-point noise (averaged ranges were 2e-2 apart).
+    for a, b in zip(mirrored.weights, single.weights, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=1e-3, err_msg=a.path)
     agreement = np.mean(mirrored.predict(x_test, verbose=0).argmax(-1) == single.predict(x_test, verbose=0).argmax(-1))
-    assert agreement >= 0.95  # a briefly trained model: a few near-ties may flip
+    assert agreement >= 0.99
     tflite = convert.to_tflite(mirrored, validation_data=x_test)
     assert file_sqnr(mirrored, tflite, x_test) > 20
 
