@@ -1,30 +1,383 @@
-"""The `kopt` command line."""
+"""The `kopt` command line: convert, inspect, benchmark and evaluate models without writing Python.
+
+Every command prints one readable line on failure (`--verbose` shows the traceback). Exit codes: 0 success,
+1 a file that does not match its model (validation failed), 2 bad arguments or input.
+"""
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
+import time
+import traceback
+import warnings
+
+_EXAMPLES = {
+    "demo": "kopt demo --epochs 5",
+    "convert": "kopt convert model.keras -o model_int8.tflite --representative calib.npy",
+    "inspect": "kopt inspect model_int8.tflite --json",
+    "bench": "kopt bench model_int8.tflite --threads 2 --runs 100",
+    "eval": "kopt eval model_int8.tflite --x x_test.npy --y y_test.npy",
+    "onnx": "kopt onnx model.keras -o model.onnx --validation x_test.npy",
+}
+_QUANTIZATION = ("int8", "int16x8", "float16", "dynamic", "none")
+_TYPES = ("int8", "uint8", "int16", "float32")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="kopt", description="Model optimization for Keras 3.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="train, prune, QAT and convert a digits CNN to a validated int8 .tflite, and report")
+class UsageError(ValueError):
+    """Bad arguments or input: exit code 2."""
+
+
+class MismatchError(Exception):
+    """The written file would not match its model: exit code 1."""
+
+
+def _say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Step:
+    """Prints `message ...` when a long step starts and `done in N s` when it ends (to stderr)."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        _say(f"{self.message} ...")
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            _say(f"  done in {time.perf_counter() - self.start:.1f} s")
+        return False
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _image_folder(path, model):
+    import keras
+    import numpy as np
+
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif")))
+    if not names:
+        raise UsageError(f"{path!r} holds no .npy files and no images (.png, .jpg, .bmp, .gif).")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(model.inputs) != 1 or len(shape) != 3 or None in shape:
+        raise UsageError(f"a folder of images needs a model with one fixed-size image input; this model takes "
+                         f"{[tuple(i.shape) for i in model.inputs]}. Give a .npy file instead.")
+    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1])
+    if mode is None:
+        raise UsageError(f"images cannot fill a model input with {shape[-1]} channels. Give a .npy file instead.")
+    images = [keras.utils.img_to_array(keras.utils.load_img(os.path.join(path, n), color_mode=mode,
+                                                            target_size=shape[:2])) for n in names]
+    return np.stack(images).astype("float32")  # pixel values 0-255: the model's own preprocessing applies
+
+
+def load_data(path, option, model=None):
+    """Arrays for `option` from a .npy file, a .npz file (one array per input name) or a folder.
+
+    A folder holds .npy files (concatenated in name order) or images (resized to the model's input,
+    pixel values 0-255).
+    """
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise UsageError(f"{option} {path!r}: no such file or folder.")
+    if os.path.isdir(path):
+        arrays = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
+        if arrays:
+            return np.concatenate([np.load(os.path.join(path, f)) for f in arrays])
+        if model is None:
+            raise UsageError(f"{option} {path!r}: a folder must hold .npy files.")
+        return _image_folder(path, model)
+    if not path.endswith((".npy", ".npz")):
+        raise UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file (or a folder of them).")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as archive:
+                return {key: archive[key] for key in archive.files}
+        return np.load(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file ({error}).") from None
+
+
+def load_model(path):
+    """A Keras model from a .keras (or .h5) file, with kopt's layers registered."""
+    if not os.path.isfile(path):
+        raise UsageError(f"MODEL {path!r}: no such file.")
+    if not path.endswith((".keras", ".h5")):
+        raise UsageError(f"MODEL {path!r}: expected a Keras model file (.keras, or legacy .h5).")
+    import keras
+
+    import kopt.distill  # noqa: F401  (registers kopt's serializable layers and losses)
+    import kopt.quantization  # noqa: F401
+    import kopt.sparsity  # noqa: F401
+
+    with _Step(f"loading {path}"):
+        return keras.models.load_model(path, compile=False)
+
+
+def _check_output(path, suffix):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not path.endswith(suffix):
+        raise UsageError(f"-o {path!r}: the output file must end in {suffix}.")
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {path!r}: the folder {folder!r} does not exist. Create it first.")
+
+
+def _check_file(path, suffixes, what="FILE"):
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r}: no such file.")
+    if not path.endswith(suffixes):
+        raise UsageError(f"{what} {path!r}: expected a {' or '.join(suffixes)} file.")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _demo(args):
+    from kopt import demo
+
+    demo.run(epochs=args.epochs, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
+             target_sparsity=args.sparsity, output_dir=args.output_dir, seed=args.seed)
+
+
+def _save_if_valid(converted, output):
+    """Prints the validation report; writes the file only if it passed."""
+    if converted.report is not None:
+        print(converted.report)
+        if not converted.report.passed:
+            raise MismatchError(f"validation failed: {output} was not written (see the report above).")
+    converted.save(output)
+    print(f"wrote {output} ({len(converted):,} bytes)")
+
+
+def _convert(args):
+    _check_output(args.output, ".tflite")
+    model = load_model(args.model)
+    representative = load_data(args.representative, "--representative", model) if args.representative else None
+    validation = load_data(args.validation, "--validation", model) if args.validation else None
+    quantization = None if args.quantization == "none" else args.quantization
+    from kopt import convert
+
+    what = f"converting to {args.quantization}" + (" (calibrating)" if representative is not None else "")
+    with _Step(what + ", then validating in LiteRT"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The TFLite model does not match")  # the report is printed below
+        tflite = convert.to_tflite(
+            model, quantization=quantization, representative_data=representative,
+            validation_data=validation, input_type=args.input_type, output_type=args.output_type,
+            max_samples=args.max_samples, min_sqnr_db=args.min_sqnr_db, min_top1_agreement=args.min_top1_agreement,
+            on_mismatch="warn", allow_float_ops=args.allow_float_ops)
+    _save_if_valid(tflite, args.output)
+
+
+def _onnx(args):
+    _check_output(args.output, ".onnx")
+    model = load_model(args.model)
+    validation = load_data(args.validation, "--validation", model) if args.validation else None
+    from kopt import convert
+
+    with _Step("exporting to ONNX, then validating in onnxruntime"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The ONNX model does not match")  # the report is printed below
+        onnx = convert.to_onnx(model, opset=args.opset, validation_data=validation, on_mismatch="warn")
+    _save_if_valid(onnx, args.output)
+
+
+def _as_json(info):
+    if hasattr(info, "to_dict"):
+        return info.to_dict()
+    return dataclasses.asdict(info)
+
+
+def _inspect(args):
+    _check_file(args.file, (".tflite", ".onnx"))
+    from kopt import convert
+
+    info = convert.inspect(args.file)
+    if args.json:
+        print(json.dumps(_as_json(info), indent=2, default=str))
+        return
+    print(info)
+    if args.tensors:
+        print(tensor_table(_as_json(info)["tensors"]))
+
+
+def _quantization(tensor):
+    scales, zeros = tensor.get("scales") or [], tensor.get("zero_points") or []
+    if not scales:
+        return ""
+    if len(scales) == 1:
+        return f"scale {scales[0]:.6g}, zero point {zeros[0] if zeros else 0}"
+    return f"{len(scales)} channels: scale {min(scales):.3g} to {max(scales):.3g}"
+
+
+def tensor_table(tensors, width=60):
+    """A text table of tensors: name, dtype, shape, constant or not, and quantization parameters."""
+    rows = [("tensor", "dtype", "shape", "kind", "quantization")]
+    for t in tensors:
+        name = t["name"] if len(t["name"]) <= width else "..." + t["name"][-(width - 3):]
+        shape = "(" + ", ".join("?" if d in (None, -1) else str(d) for d in t.get("shape") or ()) + ")"
+        rows.append((name, str(t.get("dtype", "")), shape, "constant" if t.get("constant") else "activation",
+                     _quantization(t)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+
+
+def _bench(args):
+    _check_file(args.file, (".tflite",))
+    from kopt import convert
+
+    with _Step(f"timing {args.runs} runs after {args.warmup} warm-up runs"):
+        result = convert.benchmark(args.file, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                                   batch_size=args.batch_size)
+    line = {"file": args.file, "threads": result.threads, "runs": result.runs, "batch_size": args.batch_size,
+            "median_ms": round(result.median_ms, 4), "mean_ms": round(result.mean_ms, 4)}
+    line.update(p10_ms=round(result.p10_ms, 4), p90_ms=round(result.p90_ms, 4), stdev_ms=round(result.stdev_ms, 4))
+    if args.json:
+        print(json.dumps(line))
+    else:
+        print(f"{args.file}: median {result.median_ms:.3f} ms (p10 {result.p10_ms:.3f}, p90 {result.p90_ms:.3f}, "
+              f"stdev {result.stdev_ms:.3f}), mean {result.mean_ms:.3f} ms "
+              f"({result.runs} runs, {result.threads} thread(s), batch {args.batch_size})")
+
+
+def _eval(args):
+    _check_file(args.file, (".tflite",))
+    x = load_data(args.x, "--x")
+    y = load_data(args.y, "--y")
+    if isinstance(x, dict) or isinstance(y, dict):
+        raise UsageError("--x and --y must be single .npy arrays (a multi-input model is not supported here).")
+    if len(x) != len(y):
+        raise UsageError(f"--x has {len(x)} samples but --y has {len(y)}.")
+    from kopt import convert
+
+    with _Step(f"evaluating on {len(x)} samples"):
+        accuracy = convert.evaluate(args.file, x, y, batch_size=args.batch_size)
+    print(json.dumps({"file": args.file, "samples": len(x), "accuracy": accuracy}) if args.json
+          else f"{args.file}: accuracy {accuracy:.4f} on {len(x)} samples")
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def _version():
+    from kopt import __version__
+
+    return __version__
+
+
+def build_parser():
+    """The argument parser of `kopt` (every command has `--help` with an example)."""
+    parser = argparse.ArgumentParser(
+        prog="kopt", description="Model optimization for Keras 3: convert, inspect, benchmark and evaluate models.",
+        epilog="Examples:\n" + "\n".join(f"  {e}" for e in _EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"kopt {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[common],
+                                   epilog=f"Example:\n  {_EXAMPLES[name]}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    demo = command("demo", "train, prune, QAT and convert a digits CNN to a validated int8 .tflite, and report")
     demo.add_argument("--epochs", type=int, default=20, help="dense training epochs (default 20)")
     demo.add_argument("--prune-epochs", type=int, default=10, help="pruning epochs (default 10)")
     demo.add_argument("--qat-epochs", type=int, default=5, help="quantization-aware epochs (default 5)")
     demo.add_argument("--sparsity", type=float, default=0.8, help="target sparsity (default 0.8)")
     demo.add_argument("--output-dir", default="tflite_models", help="where digits_int8.tflite goes")
-    demo.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.set_defaults(run=_demo)
 
+    convert = command("convert", "convert a .keras model to a validated .tflite file")
+    convert.add_argument("model", metavar="MODEL", help="a .keras model file (float, pruned-and-stripped, or QAT)")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.tflite", help="the .tflite file to write")
+    convert.add_argument("--quantization", choices=_QUANTIZATION, default="int8",
+                         help="int8 (full integer, default), int16x8, float16, dynamic or none (float32)")
+    convert.add_argument("--representative", metavar="X.npy|DIR",
+                         help="calibration inputs: .npy, .npz (one array per input name), or a folder of .npy "
+                              "files or images (needed for int8/int16x8 of a float model)")
+    convert.add_argument("--validation", metavar="X.npy|DIR", help="inputs to validate the file on (default: "
+                         "representative samples not used for calibration, else synthetic)")
+    convert.add_argument("--input-type", choices=_TYPES, help="type of the file's inputs (default: the mode's)")
+    convert.add_argument("--output-type", choices=_TYPES, help="type of the file's outputs (default: the mode's)")
+    convert.add_argument("--allow-float-ops", action="store_true", help="accept float ops left in int8 mode")
+    convert.add_argument("--max-samples", type=_positive, default=300, help="most samples used (default 300)")
+    convert.add_argument("--min-sqnr-db", type=float, help="SQNR threshold (default by mode)")
+    convert.add_argument("--min-top1-agreement", type=float, help="top-1 agreement threshold (default by mode)")
+    convert.set_defaults(run=_convert)
+
+    inspect = command("inspect", "list the ops, tensor types, quantization parameters, size and zero weights "
+                                 "of a .tflite or .onnx file")
+    inspect.add_argument("file", metavar="FILE", help="a .tflite or .onnx file")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--tensors", action="store_true",
+                         help="also list every tensor: dtype, shape and quantization parameters")
+    inspect.set_defaults(run=_inspect)
+
+    bench = command("bench", "median and spread of a .tflite file's latency in LiteRT (XNNPACK CPU)")
+    bench.add_argument("file", metavar="FILE", help="a .tflite file")
+    bench.add_argument("--threads", type=_positive, default=1, help="interpreter threads (default 1)")
+    bench.add_argument("--runs", type=_positive, default=50, help="timed runs (default 50)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    bench.add_argument("--batch-size", type=_positive, default=1, help="batch size (default 1)")
+    bench.add_argument("--json", action="store_true", help="print one JSON line")
+    bench.set_defaults(run=_bench)
+
+    evaluate = command("eval", "top-1 accuracy of a classifier .tflite file")
+    evaluate.add_argument("file", metavar="FILE", help="a .tflite file")
+    evaluate.add_argument("--x", required=True, metavar="X.npy", help="inputs (float; quantized as the file needs)")
+    evaluate.add_argument("--y", required=True, metavar="Y.npy", help="integer or one-hot labels")
+    evaluate.add_argument("--batch-size", type=_positive, default=256, help="samples per call (default 256)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON line")
+    evaluate.set_defaults(run=_eval)
+
+    onnx = command("onnx", "export a .keras model to a .onnx file validated in onnxruntime")
+    onnx.add_argument("model", metavar="MODEL", help="a .keras model file (float or QAT)")
+    onnx.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the .onnx file to write")
+    onnx.add_argument("--opset", type=_positive, help="ONNX opset (default: the exporter's)")
+    onnx.add_argument("--validation", metavar="X.npy|DIR", help="inputs to validate on (default: synthetic)")
+    onnx.set_defaults(run=_onnx)
+    return parser
+
+
+def main(argv=None):
+    """Runs the `kopt` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # Quiet TensorFlow's C++ start-up logs for the command line only (never at import of kopt).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command == "demo":
-        from kopt import demo as demo_lib
-
-        demo_lib.run(epochs=args.epochs, prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
-                     target_sparsity=args.sparsity, output_dir=args.output_dir, seed=args.seed)
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
+    try:
+        args.run(args)
+    except MismatchError as error:
+        _say(f"kopt {args.command}: {error}")
+        return 1
+    except (UsageError, ValueError, TypeError, ImportError) as error:
+        if args.verbose:
+            traceback.print_exc()
+        _say(f"kopt {args.command}: error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        _say(f"kopt {args.command}: interrupted")
+        return 130
+    except Exception as error:  # anything else: still one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        _say(f"kopt {args.command}: {type(error).__name__}: {error} (run with --verbose for the traceback)")
+        return 1
     return 0
 
 

@@ -22,7 +22,7 @@ def load_digits(test_fraction=0.25, seed=0):
         from sklearn.datasets import load_digits as sk_load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_digits needs scikit-learn: pip install 'kopt[demo]'") from e
+        raise ImportError("load_digits needs scikit-learn: pip install 'kopt-keras[demo]'") from e
     digits = sk_load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
     y = digits.target.astype("int32")

@@ -1,9 +1,6 @@
 """The main job: train, prune, quantize-aware fine-tune and convert a digits CNN to a validated int8 TFLite file."""
 
-import datetime
 import gzip
-import hashlib
-import json
 import os
 import time
 
@@ -27,27 +24,6 @@ def build_cnn():
 
 def _gzip_size(content):
     return len(gzip.compress(bytes(content), 9))
-
-
-def write_manifest_entry(folder, filename, content, command, metrics):
-    """Records how `filename` in `folder` was made in `folder/manifest.json` (atomically)."""
-    manifest_path = os.path.join(folder, "manifest.json")
-    manifest = {}
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    manifest[filename] = {
-        "command": command,
-        "sha256": hashlib.sha256(bytes(content)).hexdigest(),
-        "bytes": len(content),
-        "made": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        **metrics,
-    }
-    temporary = manifest_path + ".part"
-    with open(temporary, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, manifest_path)
 
 
 def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_dir="tflite_models", seed=0,
@@ -138,8 +114,13 @@ def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_di
         "path": path, "seconds": time.perf_counter() - start,
     }
     if path is not None:
-        write_manifest_entry(output_dir, "digits_int8.tflite", int8_tflite, "kopt demo", {
-            k: report[k] for k in ("float_accuracy", "int8_accuracy", "top1_agreement", "int8_zero_weight_fraction")})
+        from kopt import manifest
+
+        source = f"digits CNN (kopt.demo.build_cnn), pruned to {target_sparsity:.0%}, stripped, QAT int8"
+        manifest.write(output_dir, {"digits_int8.tflite": manifest.entry(
+            int8_tflite, "digits_int8.tflite", "kopt demo", source, data="digits_8x8", accuracy=report["int8_accuracy"],
+            keras_accuracy=report["qat_accuracy"], top1_agreement=report["top1_agreement"],
+            zero_weight_fraction=info.zero_weight_fraction)})
 
     b, g = report["bytes"], report["gzip_bytes"]
     say("")

@@ -10,21 +10,21 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, distribute, quantization, search, sparsity
+from kopt import convert, distill, distribute, manifest, quantization, search, sparsity
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
     for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert),
                          ("distill", distill), ("search", search),
-                         ("distribute", distribute)):
+                         ("distribute", distribute), ("manifest", manifest)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
             value = getattr(name, attribute)
             if not isinstance(value, (int, float, str, dict)):  # constants are documented where they are used
                 objects[f"kopt.{module}.{attribute}"] = value
     # Result containers are documented by the functions that return them.
-    for name in ("BenchmarkResult", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
+    for name in ("BenchmarkResult", "ONNXInfo", "ONNXModel", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
         objects.pop(f"kopt.convert.{name}", None)
     return objects
 

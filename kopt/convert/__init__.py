@@ -1,4 +1,4 @@
-"""Converting Keras 3 models to TFLite (validated full int8 and other modes) and looking inside the files.
+"""Converting Keras 3 models to TFLite (validated full int8 and other modes) and ONNX, and looking inside the files.
 
 Example:
 
@@ -10,8 +10,10 @@ print(kopt.convert.inspect(tflite))
 """
 
 from kopt.convert.inspect import BenchmarkResult, TFLiteInfo, benchmark, evaluate, inspect
+from kopt.convert.onnx import ONNXModel, to_onnx
+from kopt.convert.onnx_info import ONNXInfo
 from kopt.convert.tflite import TFLiteModel, to_tflite
 from kopt.convert.validate import ValidationReport
 
-__all__ = ["BenchmarkResult", "TFLiteInfo", "TFLiteModel", "ValidationReport", "benchmark", "evaluate", "inspect",
-           "to_tflite"]
+__all__ = ["BenchmarkResult", "ONNXInfo", "ONNXModel", "TFLiteInfo", "TFLiteModel", "ValidationReport", "benchmark",
+           "evaluate", "inspect", "to_onnx", "to_tflite"]

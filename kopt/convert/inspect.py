@@ -53,6 +53,10 @@ class TFLiteInfo:
     def is_full_integer(self):
         return not self.float_ops
 
+    def to_dict(self):
+        """The information as plain dicts, lists, strings and numbers (for `json.dumps`)."""
+        return {"format": "tflite", **to_plain(dataclasses.asdict(self)), "is_full_integer": self.is_full_integer}
+
     def __str__(self):
         lines = [f"TFLite model: {self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
                  f"{sum(self.op_counts.values())} ops, {self.zero_weight_fraction:.1%} zero weights"]
@@ -66,6 +70,17 @@ class TFLiteInfo:
         return "\n".join(lines)
 
 
+def to_plain(value):
+    """`value` with tuples as lists and NumPy scalars as Python numbers (JSON-able)."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _tensor(detail, constant):
     params = detail.get("quantization_parameters", {})
     return {
@@ -76,21 +91,31 @@ def _tensor(detail, constant):
 
 
 def inspect(tflite):
-    """Lists the ops, tensor types, quantization parameters, size and weight sparsity of a .tflite model.
+    """Lists the ops, tensor types, quantization parameters, size and weight sparsity of a .tflite or ONNX model.
+
+    ONNX models (an `ONNXModel`, a path ending in .onnx, or ONNX bytes) give
+    an `ONNXInfo` (see `kopt.convert.onnx_info`); anything else is read as a
+    .tflite model.
 
     Args:
-        tflite: the model's bytes or a path to it.
+        tflite: the model's bytes or a path to it (.tflite or .onnx).
 
     Returns:
-        A `TFLiteInfo` (print it for a summary).
+        A `TFLiteInfo`, or an `ONNXInfo` for an ONNX model (print it for a
+        summary; `to_dict()` for JSON).
 
     Example:
 
     ```python
     info = kopt.convert.inspect(kopt.convert.to_tflite(model, quantization=None, validate=False))
     print(info.op_counts)
+    print(kopt.convert.inspect(kopt.convert.to_onnx(model, validate=False)).op_counts)
     ```
     """
+    from kopt.convert import onnx_info
+
+    if onnx_info.is_onnx(tflite):
+        return onnx_info.inspect_onnx(tflite)
     content = read_model(tflite)
     it = interpreter(content, delegates=False)
     details = {d["index"]: d for d in it.get_tensor_details()}
@@ -98,6 +123,7 @@ def inspect(tflite):
     produced = {i for op in ops for i in op["outputs"]}
     graph_io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
     constant = {i for i in details if i not in produced and i not in graph_io}
+    referenced = {int(i) for op in ops for i in list(op["inputs"]) + list(op["outputs"])}
     tensors = {i: _tensor(d, i in constant) for i, d in details.items()}
 
     zeros = total = 0
@@ -123,7 +149,10 @@ def inspect(tflite):
         op_counts=dict(collections.Counter(op["op"] for op in described)),
         inputs=[tensors[d["index"]] for d in it.get_input_details()],
         outputs=[tensors[d["index"]] for d in it.get_output_details()],
-        tensors=list(tensors.values()), zero_weight_fraction=zeros / total if total else 0.0, float_ops=float_ops,
+        # Only the file's tensors: the interpreter also lists its scratch buffers (e.g. im2col), which no op
+        # names as an input or output.
+        tensors=[t for i, t in tensors.items() if i in graph_io or i in referenced],
+        zero_weight_fraction=zeros / total if total else 0.0, float_ops=float_ops,
     )
 
 
@@ -287,6 +316,9 @@ class BenchmarkResult:
     mean_ms: float
     runs: int
     threads: int
+    p10_ms: float = float("nan")  # the spread: 10th and 90th percentiles, standard deviation
+    p90_ms: float = float("nan")
+    stdev_ms: float = float("nan")
 
     def __float__(self):
         return self.median_ms
@@ -333,4 +365,6 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
         start = time.perf_counter()
         it.invoke()
         times.append((time.perf_counter() - start) * 1e3)
-    return BenchmarkResult(statistics.median(times), statistics.fmean(times), runs, threads)
+    p10, p90 = np.percentile(times, [10, 90])
+    return BenchmarkResult(statistics.median(times), statistics.fmean(times), runs, threads, float(p10), float(p90),
+                           statistics.pstdev(times))

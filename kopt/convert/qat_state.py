@@ -96,3 +96,25 @@ def input_ranges(model):
         if len(values) == 1:
             result[0] = (values[0]["min"], values[0]["max"])
     return [r if r is None or np.isfinite(r).all() else None for r in result]
+
+
+def check_calibrated(model, shown=8):
+    """Raises a ValueError naming the activation quantizers of a QAT model that no training step has set.
+
+    A file made from such a model would be quantized with their placeholder ranges.
+
+    Args:
+        model: a Keras model (QAT or not: a float model passes).
+        shown: how many quantizers the message names.
+    """
+    missing = uncalibrated_quantizers(model)
+    if not missing:
+        return
+    names = [f"{layer} ({quantizer})" for layer, quantizer in missing]
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    raise ValueError(
+        f"`model` ('{model.name}') is a quantization-aware model whose activation ranges were never set by "
+        f"training: {len(missing)} quantizers still hold their initial range (e.g. [-6, 6]): {listed}. Its file "
+        "would be quantized with those placeholder ranges. Fit the QAT model first (a few batches are enough), "
+        "or run a calibration pass that trains no weight: a few typical batches in training mode, "
+        "`for batch in batches: model(batch, training=True)`.")

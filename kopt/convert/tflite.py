@@ -3,15 +3,16 @@
 import logging
 import os
 import tempfile
-import warnings
 
 import keras
 
 from kopt._keras.precision import as_float32
 from kopt.convert import data as data_lib
 from kopt.convert import validate as validate_lib
+from kopt.convert.files import ModelFile, check_folder, write_atomically
 from kopt.convert.inspect import inspect
-from kopt.convert.qat_state import input_ranges, is_quantization_aware, uncalibrated_quantizers
+from kopt.convert.qat_state import check_calibrated as _check_calibrated
+from kopt.convert.qat_state import is_quantization_aware
 
 __all__ = ["TFLiteModel", "is_quantization_aware", "to_tflite"]
 
@@ -19,14 +20,18 @@ logger = logging.getLogger("kopt")
 
 MODES = (None, "float16", "dynamic", "int8", "int16x8")
 _INT_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16"}
-_SYNTHETIC_SAMPLES = 100  # validation samples made up when no data is given
 
 
-class TFLiteModel(bytes):
-    """The bytes of a .tflite model, with the `report` of its validation and the `path` it was written to."""
+class TFLiteModel(ModelFile):
+    """The bytes of a .tflite model, with the `report` of its validation and the `path` it was written to.
 
-    report = None
-    path = None
+    Example:
+
+    ```python
+    tflite = kopt.convert.to_tflite(model, quantization=None, validate=False)
+    tflite.save("model.tflite")
+    ```
+    """
 
 
 def _check_arguments(model, path, quantization, input_type, output_type, on_mismatch):
@@ -52,25 +57,7 @@ def _check_arguments(model, path, quantization, input_type, output_type, on_mism
     if on_mismatch not in ("raise", "warn"):
         raise ValueError(f"`on_mismatch` must be 'raise' or 'warn', got {on_mismatch!r}.")
     if path is not None:
-        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-        if not os.path.isdir(folder):
-            raise ValueError(f"`path` {os.fspath(path)!r}: the folder {folder!r} does not exist. Create it first.")
-
-
-def _write_atomically(path, content):
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".kopt-", suffix=".tflite.part")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(content)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        check_folder(path)
 
 
 def _convert(model, quantization, calibration, input_type, output_type):
@@ -252,40 +239,15 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
 
     report = None
     if validate:
-        synthetic = held is None
-        if synthetic:
-            ranges = input_ranges(model) if qat else None
-            held = data_lib.synthetic_inputs(inputs, min(max_samples, _SYNTHETIC_SAMPLES), ranges)
-            where = "within the QAT input range" if qat else "uniform in [0, 1)"
-            warnings.warn(f"No validation_data: validated on {data_lib.count(held)} synthetic inputs {where}. "
-                          "Pass validation_data to check the file on real inputs.", stacklevel=2)
-        report = validate_lib.compare(model, content, held, quantization, min_sqnr_db, min_top1_agreement,
-                                      quantization_aware=qat, synthetic=synthetic)
-        if verbose:
-            print(report)
-        if not report.passed:
-            message = f"The TFLite model does not match the Keras model: {report}"
-            if on_mismatch == "raise":
-                raise ValueError(message + "\nNothing was written. Pass on_mismatch='warn' to keep it anyway.")
-            warnings.warn(message, stacklevel=2)
+        report = validate_lib.check_against_model(
+            model, inputs, held, lambda samples, synthetic: validate_lib.compare(
+                model, content, samples, quantization, min_sqnr_db, min_top1_agreement, quantization_aware=qat,
+                synthetic=synthetic),
+            "TFLite", quantization_aware=qat, max_samples=max_samples, verbose=verbose, on_mismatch=on_mismatch)
 
     result = TFLiteModel(content)
     result.report = report
     if path is not None:
-        _write_atomically(os.fspath(path), content)
+        write_atomically(path, content)
         result.path = os.fspath(path)
     return result
-
-
-def _check_calibrated(model, shown=8):
-    missing = uncalibrated_quantizers(model)
-    if not missing:
-        return
-    names = [f"{layer} ({quantizer})" for layer, quantizer in missing]
-    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-    raise ValueError(
-        f"`model` ('{model.name}') is a quantization-aware model whose activation ranges were never set by "
-        f"training: {len(missing)} quantizers still hold their initial range (e.g. [-6, 6]): {listed}. Its file "
-        "would be quantized with those placeholder ranges. Fit the QAT model first (a few batches are enough), "
-        "or run a calibration pass that trains no weight: a few typical batches in training mode, "
-        "`for batch in batches: model(batch, training=True)`.")

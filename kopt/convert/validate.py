@@ -1,4 +1,4 @@
-"""Comparing a .tflite model with the Keras model it came from, output by output.
+"""Comparing a .tflite (or ONNX) model with the Keras model it came from, output by output.
 
 Every output of the file is matched to the Keras output of the same name (the
 SavedModel signature keys `model.export` writes: the dict keys of a dict-output
@@ -24,10 +24,12 @@ thresholds.
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 
 from kopt.convert import data as data_lib
+from kopt.convert.qat_state import input_ranges
 from kopt.convert.inspect import output_scales, run_signature, signature_names
 
 # Default acceptance thresholds, (minimum SQNR in dB, minimum decisive top-1 agreement).
@@ -163,7 +165,9 @@ class ValidationReport:
         outputs: an `OutputReport` per output.
         synthetic: whether the samples were synthetic (no data was given).
         ops: ops of the file with a quantized output (see `count_ops`; the
-            QAT int8 default SQNR depends on it).
+            QAT int8 default SQNR depends on it). For an ONNX file, its
+            QuantizeLinear nodes on activations.
+        file_format: "ONNX" for an ONNX file; None for a .tflite file.
     """
 
     samples: int
@@ -179,6 +183,7 @@ class ValidationReport:
     outputs: list = dataclasses.field(default_factory=list)
     synthetic: bool = False
     ops: int = None
+    file_format: str = None
 
     @property
     def passed(self):
@@ -204,6 +209,8 @@ class ValidationReport:
             sqnr_kind = f"default for {self.ops} ops"
         top1_kind = "default" if self.min_top1_agreement == defaults[1] else "given"
         mode = "float32" if self.mode is None else self.mode
+        if self.file_format:
+            mode = f"{self.file_format} {mode}"
         head = (f"{mode} {self.source} file vs Keras on {self.samples}{' synthetic' if self.synthetic else ''} "
                 f"samples, thresholds SQNR >= {self.min_sqnr_db:g} dB ({sqnr_kind}), decisive top-1 >= "
                 f"{self.min_top1_agreement:.1%} ({top1_kind})")
@@ -294,9 +301,22 @@ def predict(model, x, batch_size=64):
     return predict_outputs(model, samples, batch_size)[2][0]
 
 
-def _compare_output(label, reference, got, scale):
+def compare_output(label, reference, got, scale, file_kind=".tflite file"):
+    """Compares one output of a converted file with the Keras output: an `OutputReport`.
+
+    Args:
+        label: the output's name.
+        reference: the Keras model's output on the samples.
+        got: the file's output on the same samples.
+        scale: the output's quantization scale in the file (0: none), for the
+            near-tie margin (see `decisive_samples`).
+        file_kind: how error messages name the file.
+
+    Returns:
+        An `OutputReport`.
+    """
     if reference.size != got.size:
-        raise ValueError(f"Output '{label}': the .tflite file gives shape {got.shape}, the Keras model "
+        raise ValueError(f"Output '{label}': the {file_kind} gives shape {got.shape}, the Keras model "
                          f"{reference.shape}; they cannot be compared.")
     reference = reference.reshape(got.shape)
     report = OutputReport(label, float(np.max(np.abs(reference - got))), float(sqnr_db(reference, got)))
@@ -338,7 +358,6 @@ def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, q
     if quantization_aware is None:
         quantization_aware = is_quantization_aware(model)
     ops = count_ops(tflite)
-    default_sqnr, default_top1 = default_thresholds(mode, quantization_aware, ops)
 
     keys, labels, references = predict_outputs(model, samples)
     input_names, output_names = signature_names(tflite)
@@ -350,13 +369,36 @@ def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, q
             "with kopt.convert.to_tflite from this model.")
     got = run_signature(tflite, {i.name: s for i, s in zip(inputs, samples)})
     scales = output_scales(tflite)
-    outputs = [_compare_output(label, reference, got[key], scales.get(key, 0.0))
+    outputs = [compare_output(label, reference, got[key], scales.get(key, 0.0))
                for key, label, reference in zip(keys, labels, references)]
+    return summarize(outputs, data_lib.count(samples), mode, quantization_aware, ops, min_sqnr_db,
+                     min_top1_agreement, synthetic)
 
+
+def summarize(outputs, samples, mode, quantization_aware, ops, min_sqnr_db=None, min_top1_agreement=None,
+              synthetic=False, file_format=None):
+    """The `ValidationReport` of per-output comparisons: the worst output decides.
+
+    Args:
+        outputs: an `OutputReport` per output (from `compare_output`).
+        samples: how many samples were compared.
+        mode: the conversion mode, for the default thresholds (None: float).
+        quantization_aware: whether the model is a QAT model.
+        ops: the file's depth in quantized ops (the QAT int8 default SQNR
+            depends on it).
+        min_sqnr_db: SQNR threshold; None: the default for `mode` and source.
+        min_top1_agreement: decisive top-1 threshold; None: the default.
+        synthetic: record that the samples were synthetic.
+        file_format: "ONNX" for an ONNX file; None for .tflite.
+
+    Returns:
+        A `ValidationReport`.
+    """
+    default_sqnr, default_top1 = default_thresholds(mode, quantization_aware, ops)
     with_top1 = [o for o in outputs if o.top1_agreement is not None]
     worst_top1 = min(with_top1, key=lambda o: o.top1_agreement) if with_top1 else None
     return ValidationReport(
-        samples=data_lib.count(samples),
+        samples=samples,
         max_abs_error=max(o.max_abs_error for o in outputs),
         sqnr_db=min(o.sqnr_db for o in outputs),
         top1_agreement=worst_top1.top1_agreement if worst_top1 else None,
@@ -369,4 +411,44 @@ def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, q
         outputs=outputs,
         synthetic=synthetic,
         ops=ops,
+        file_format=file_format,
     )
+
+
+SYNTHETIC_SAMPLES = 100  # validation samples made up when no data is given
+
+
+def check_against_model(model, inputs, held, compare_file, kind, *, quantization_aware, max_samples, verbose,
+                        on_mismatch):
+    """Validates a converted file and acts on the result: the step `to_tflite` and `to_onnx` share.
+
+    Args:
+        model: the Keras model the file was converted from.
+        inputs: its `data.model_inputs`.
+        held: validation samples, or None to make up synthetic ones (with a warning).
+        compare_file: `compare_file(samples, synthetic) -> ValidationReport`.
+        kind: "TFLite" or "ONNX", for the messages.
+        quantization_aware: whether `model` is a QAT model (synthetic inputs then stay in its input range).
+        max_samples: most synthetic samples.
+        verbose: print the report.
+        on_mismatch: "raise" a ValueError or "warn" when the file does not match.
+
+    Returns:
+        The `ValidationReport`.
+    """
+    synthetic = held is None
+    if synthetic:
+        ranges = input_ranges(model) if quantization_aware else None
+        held = data_lib.synthetic_inputs(inputs, min(max_samples, SYNTHETIC_SAMPLES), ranges)
+        where = "within the QAT input range" if quantization_aware else "uniform in [0, 1)"
+        warnings.warn(f"No validation_data: validated on {data_lib.count(held)} synthetic inputs {where}. "
+                      "Pass validation_data to check the file on real inputs.", stacklevel=3)
+    report = compare_file(held, synthetic)
+    if verbose:
+        print(report)
+    if not report.passed:
+        message = f"The {kind} model does not match the Keras model: {report}"
+        if on_mismatch == "raise":
+            raise ValueError(message + "\nNothing was written. Pass on_mismatch='warn' to keep it anyway.")
+        warnings.warn(message, stacklevel=3)
+    return report

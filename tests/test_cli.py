@@ -1,0 +1,169 @@
+"""The `kopt` command line, checked against LiteRT and the files it writes."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from litert_truth import only_output
+from tensorflow.lite.tools import flatbuffer_utils
+
+from kopt import cli
+from kopt.datasets import load_digits
+from kopt.demo import build_cnn
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A digits CNN saved as .keras, and .npy test data next to it."""
+    folder = tmp_path_factory.mktemp("cli")
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    keras.utils.set_random_seed(1)
+    model = build_cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0)
+    model.save(folder / "model.keras")
+    np.save(folder / "calib.npy", x_train[:200])
+    np.save(folder / "x.npy", x_test)
+    np.save(folder / "y.npy", y_test)
+    np.save(folder / "zeros.npy", np.zeros_like(x_train[:200]))
+    return folder, model, x_test, y_test
+
+
+def _run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_writes_a_full_int8_file_that_matches_the_model(files, capsys):
+    folder, model, x_test, y_test = files
+    out_path = folder / "model_int8.tflite"
+    code, out, err = _run(capsys, "convert", folder / "model.keras", "-o", out_path,
+                          "--representative", folder / "calib.npy", "--validation", folder / "x.npy")
+    assert code == 0, err
+    assert "wrote" in out and "SQNR" in out  # the validation report is printed
+    assert "converting to int8 (calibrating)" in err and "done in" in err  # progress of the long step
+    content = out_path.read_bytes()
+    details = Interpreter(model_content=content).get_input_details()[0]
+    assert details["dtype"] == np.int8
+    agreement = np.mean(only_output(content, x_test).argmax(-1) == model.predict(x_test, verbose=0).argmax(-1))
+    assert agreement >= 0.97
+
+
+def test_convert_refuses_a_file_calibrated_on_the_wrong_data(files, capsys):
+    folder, *_ = files
+    out_path = folder / "wrong.tflite"  # calibrated on blank images: the ranges cannot represent real digits
+    code, out, err = _run(capsys, "convert", folder / "model.keras", "-o", out_path,
+                          "--representative", folder / "zeros.npy", "--validation", folder / "x.npy")
+    assert code == 1
+    assert "validation failed" in err and "FAIL" in out.upper()
+    assert not out_path.exists() and not list(folder.glob(".kopt-*"))
+
+
+def test_float16_conversion_and_eval_agree_with_litert(files, capsys):
+    folder, model, x_test, y_test = files
+    out_path = folder / "model_f16.tflite"
+    code, _, err = _run(capsys, "convert", folder / "model.keras", "-o", out_path, "--quantization", "float16",
+                        "--validation", folder / "x.npy")
+    assert code == 0, err
+    code, out, _ = _run(capsys, "eval", out_path, "--x", folder / "x.npy", "--y", folder / "y.npy", "--json")
+    assert code == 0
+    result = json.loads(out)
+    truth = float(np.mean(only_output(out_path.read_bytes(), x_test).argmax(-1) == y_test))
+    assert result["accuracy"] == pytest.approx(truth) and result["samples"] == len(x_test)
+
+
+def test_inspect_and_bench(files, capsys):
+    folder, *_ = files
+    path = folder / "inspected.tflite"
+    assert _run(capsys, "convert", folder / "model.keras", "-o", path, "--representative",
+                folder / "calib.npy")[0] == 0
+    code, out, _ = _run(capsys, "inspect", path, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["size_bytes"] == path.stat().st_size
+    interpreter = Interpreter(model_content=path.read_bytes())
+    (scale, zero), = [d["quantization"] for d in interpreter.get_input_details()]
+    assert info["inputs"][0]["dtype"] == "int8"
+    assert info["inputs"][0]["scales"][0] == pytest.approx(scale) and info["inputs"][0]["zero_points"][0] == zero
+    code, out, _ = _run(capsys, "inspect", path)
+    assert code == 0 and "CONV_2D" in out and "full integer" in out
+    code, out, _ = _run(capsys, "inspect", path, "--tensors")
+    table = out.split("full integer\n", 1)[1].splitlines()
+    tensors = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes())).subgraphs[0].tensors
+    assert code == 0 and len(table) == 1 + len(tensors)  # a header, then every tensor of the file
+    assert f"scale {scale:.6g}, zero point {zero}" in out
+
+    code, out, err = _run(capsys, "bench", path, "--runs", 20, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["runs"] == 20 and result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
+
+
+def test_onnx_export_and_inspect_agree_with_onnxruntime(files, capsys):
+    import onnx
+    import onnxruntime
+
+    folder, model, x_test, _ = files
+    out_path = folder / "model.onnx"
+    code, out, err = _run(capsys, "onnx", folder / "model.keras", "-o", out_path, "--validation", folder / "x.npy")
+    assert code == 0, err
+    assert "wrote" in out and "exporting to ONNX" in err
+    session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x_test})[0]
+    np.testing.assert_allclose(logits, model.predict(x_test, verbose=0), atol=1e-4)
+    code, out, _ = _run(capsys, "inspect", out_path, "--json")
+    assert code == 0
+    ops = [node.op_type for node in onnx.load(str(out_path)).graph.node]
+    assert json.loads(out)["op_counts"] == {op: ops.count(op) for op in set(ops)}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "missing.keras", "-o", "out.tflite"], "MODEL 'missing.keras': no such file"),
+    (["convert", "{folder}/model.keras", "-o", "no/such/folder/out.tflite"], "does not exist. Create it first"),
+    (["convert", "{folder}/model.keras", "-o", "{folder}/out.onnx"], "must end in .tflite"),
+    (["convert", "{folder}/model.keras", "-o", "{folder}/out.tflite", "--representative", "{folder}/nope.npy"],
+     "--representative '{folder}/nope.npy': no such file"),
+    (["eval", "{folder}/model.keras", "--x", "{folder}/x.npy", "--y", "{folder}/y.npy"], "expected a .tflite"),
+    (["eval", "{folder}/inspected.tflite", "--x", "{folder}/x.npy", "--y", "{folder}/calib.npy"],
+     "--x has 450 samples but --y has 200"),
+    (["convert", "{folder}/model.keras", "-o", "{folder}/out.tflite", "--representative", "{folder}/model.keras"],
+     "is not a NumPy .npy/.npz file"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(files, capsys, argv, message):
+    folder = files[0]
+    code, out, err = _run(capsys, *[a.format(folder=folder) for a in argv])
+    assert code == 2
+    assert message.format(folder=folder) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()[-1]) > 0
+    assert not (folder / "out.tflite").exists()
+
+
+def test_verbose_shows_the_traceback(capsys):
+    code, _, err = _run(capsys, "inspect", "missing.tflite", "--verbose")
+    assert code == 2 and "Traceback" in err
+
+
+def test_every_command_documents_its_options_with_an_example():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"demo", "convert", "inspect", "bench", "eval", "onnx"}
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert f"Example:\n  kopt {name}" in text, name
+        for action in sub._actions:
+            assert action.help, f"kopt {name} {action.option_strings or action.dest} has no help"
+
+
+def test_version_and_argparse_errors_in_a_fresh_process():
+    version = subprocess.run([sys.executable, "-m", "kopt.cli", "--version"], capture_output=True, text=True)
+    from importlib.metadata import version as installed
+
+    assert version.returncode == 0 and version.stdout.strip() == f"kopt {installed('kopt-keras')}"
+    bad = subprocess.run([sys.executable, "-m", "kopt.cli", "convert", "m.keras", "-o", "o.tflite",
+                          "--quantization", "int4"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--quantization: invalid choice: 'int4'" in bad.stderr
