@@ -1,12 +1,14 @@
 """The `kopt` command line: convert, inspect, benchmark and evaluate models without writing Python.
 
 Every command prints one readable line on failure (`--verbose` shows the traceback). Exit codes: 0 success,
-1 a file that does not match its model (validation failed), 2 bad arguments or input.
+1 a file that does not match its model (validation failed; nothing is written), 2 bad arguments or input,
+3 an unexpected error.
 """
 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -25,11 +27,11 @@ _QUANTIZATION = ("int8", "int16x8", "float16", "dynamic", "none")
 _TYPES = ("int8", "uint8", "int16", "float32")
 
 
-class UsageError(ValueError):
+class _UsageError(ValueError):
     """Bad arguments or input: exit code 2."""
 
 
-class MismatchError(Exception):
+class _MismatchError(Exception):
     """The written file would not match its model: exit code 1."""
 
 
@@ -57,10 +59,29 @@ class _Step:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+def _integer(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive, _non_negative = _integer(1), _integer(0)
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
@@ -70,20 +91,20 @@ def _image_folder(path, model):
 
     names = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif")))
     if not names:
-        raise UsageError(f"{path!r} holds no .npy files and no images (.png, .jpg, .bmp, .gif).")
+        raise _UsageError(f"{path!r} holds no .npy files and no images (.png, .jpg, .bmp, .gif).")
     shape = tuple(model.inputs[0].shape[1:])
     if len(model.inputs) != 1 or len(shape) != 3 or None in shape:
-        raise UsageError(f"a folder of images needs a model with one fixed-size image input; this model takes "
-                         f"{[tuple(i.shape) for i in model.inputs]}. Give a .npy file instead.")
+        raise _UsageError(f"a folder of images needs a model with one fixed-size image input; this model takes "
+                          f"{[tuple(i.shape) for i in model.inputs]}. Give a .npy file instead.")
     mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1])
     if mode is None:
-        raise UsageError(f"images cannot fill a model input with {shape[-1]} channels. Give a .npy file instead.")
+        raise _UsageError(f"images cannot fill a model input with {shape[-1]} channels. Give a .npy file instead.")
     images = [keras.utils.img_to_array(keras.utils.load_img(os.path.join(path, n), color_mode=mode,
                                                             target_size=shape[:2])) for n in names]
     return np.stack(images).astype("float32")  # pixel values 0-255: the model's own preprocessing applies
 
 
-def load_data(path, option, model=None):
+def _load_data(path, option, model=None):
     """Arrays for `option` from a .npy file, a .npz file (one array per input name) or a folder.
 
     A folder holds .npy files (concatenated in name order) or images (resized to the model's input,
@@ -92,31 +113,31 @@ def load_data(path, option, model=None):
     import numpy as np
 
     if not os.path.exists(path):
-        raise UsageError(f"{option} {path!r}: no such file or folder.")
+        raise _UsageError(f"{option} {path!r}: no such file or folder.")
     if os.path.isdir(path):
         arrays = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
         if arrays:
             return np.concatenate([np.load(os.path.join(path, f)) for f in arrays])
         if model is None:
-            raise UsageError(f"{option} {path!r}: a folder must hold .npy files.")
+            raise _UsageError(f"{option} {path!r}: a folder must hold .npy files.")
         return _image_folder(path, model)
     if not path.endswith((".npy", ".npz")):
-        raise UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file (or a folder of them).")
+        raise _UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file (or a folder of them).")
     try:
         if path.endswith(".npz"):
             with np.load(path) as archive:
                 return {key: archive[key] for key in archive.files}
         return np.load(path)
     except (OSError, ValueError) as error:
-        raise UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file ({error}).") from None
+        raise _UsageError(f"{option} {path!r} is not a NumPy .npy/.npz file ({error}).") from None
 
 
-def load_model(path):
+def _load_model(path):
     """A Keras model from a .keras (or .h5) file, with kopt's layers registered."""
     if not os.path.isfile(path):
-        raise UsageError(f"MODEL {path!r}: no such file.")
+        raise _UsageError(f"MODEL {path!r}: no such file.")
     if not path.endswith((".keras", ".h5")):
-        raise UsageError(f"MODEL {path!r}: expected a Keras model file (.keras, or legacy .h5).")
+        raise _UsageError(f"MODEL {path!r}: expected a Keras model file (.keras, or legacy .h5).")
     import keras
 
     import kopt.distill  # noqa: F401  (registers kopt's serializable layers and losses)
@@ -130,16 +151,16 @@ def load_model(path):
 def _check_output(path, suffix):
     folder = os.path.dirname(os.path.abspath(path))
     if not path.endswith(suffix):
-        raise UsageError(f"-o {path!r}: the output file must end in {suffix}.")
+        raise _UsageError(f"-o {path!r}: the output file must end in {suffix}.")
     if not os.path.isdir(folder):
-        raise UsageError(f"-o {path!r}: the folder {folder!r} does not exist. Create it first.")
+        raise _UsageError(f"-o {path!r}: the folder {folder!r} does not exist. Create it first.")
 
 
 def _check_file(path, suffixes, what="FILE"):
     if not os.path.isfile(path):
-        raise UsageError(f"{what} {path!r}: no such file.")
+        raise _UsageError(f"{what} {path!r}: no such file.")
     if not path.endswith(suffixes):
-        raise UsageError(f"{what} {path!r}: expected a {' or '.join(suffixes)} file.")
+        raise _UsageError(f"{what} {path!r}: expected a {' or '.join(suffixes)} file.")
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -157,16 +178,16 @@ def _save_if_valid(converted, output):
     if converted.report is not None:
         print(converted.report)
         if not converted.report.passed:
-            raise MismatchError(f"validation failed: {output} was not written (see the report above).")
+            raise _MismatchError(f"validation failed: {output} was not written (see the report above).")
     converted.save(output)
     print(f"wrote {output} ({len(converted):,} bytes)")
 
 
 def _convert(args):
     _check_output(args.output, ".tflite")
-    model = load_model(args.model)
-    representative = load_data(args.representative, "--representative", model) if args.representative else None
-    validation = load_data(args.validation, "--validation", model) if args.validation else None
+    model = _load_model(args.model)
+    representative = _load_data(args.representative, "--representative", model) if args.representative else None
+    validation = _load_data(args.validation, "--validation", model) if args.validation else None
     quantization = None if args.quantization == "none" else args.quantization
     from kopt import convert
 
@@ -183,8 +204,8 @@ def _convert(args):
 
 def _onnx(args):
     _check_output(args.output, ".onnx")
-    model = load_model(args.model)
-    validation = load_data(args.validation, "--validation", model) if args.validation else None
+    model = _load_model(args.model)
+    validation = _load_data(args.validation, "--validation", model) if args.validation else None
     from kopt import convert
 
     with _Step("exporting to ONNX, then validating in onnxruntime"), warnings.catch_warnings():
@@ -209,7 +230,7 @@ def _inspect(args):
         return
     print(info)
     if args.tensors:
-        print(tensor_table(_as_json(info)["tensors"]))
+        print(_tensor_table(_as_json(info)["tensors"]))
 
 
 def _quantization(tensor):
@@ -221,7 +242,7 @@ def _quantization(tensor):
     return f"{len(scales)} channels: scale {min(scales):.3g} to {max(scales):.3g}"
 
 
-def tensor_table(tensors, width=60):
+def _tensor_table(tensors, width=60):
     """A text table of tensors: name, dtype, shape, constant or not, and quantization parameters."""
     rows = [("tensor", "dtype", "shape", "kind", "quantization")]
     for t in tensors:
@@ -253,12 +274,12 @@ def _bench(args):
 
 def _eval(args):
     _check_file(args.file, (".tflite",))
-    x = load_data(args.x, "--x")
-    y = load_data(args.y, "--y")
+    x = _load_data(args.x, "--x")
+    y = _load_data(args.y, "--y")
     if isinstance(x, dict) or isinstance(y, dict):
-        raise UsageError("--x and --y must be single .npy arrays (a multi-input model is not supported here).")
+        raise _UsageError("--x and --y must be single .npy arrays (a multi-input model is not supported here).")
     if len(x) != len(y):
-        raise UsageError(f"--x has {len(x)} samples but --y has {len(y)}.")
+        raise _UsageError(f"--x has {len(x)} samples but --y has {len(y)}.")
     from kopt import convert
 
     with _Step(f"evaluating on {len(x)} samples"):
@@ -283,8 +304,10 @@ def build_parser():
         epilog="Examples:\n" + "\n".join(f"  {e}" for e in _EXAMPLES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"kopt {_version()}")
+    parser.add_argument("--verbose", action="store_true", help="show progress details and tracebacks")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show progress details and the full traceback on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help_text):
@@ -296,7 +319,7 @@ def build_parser():
     demo.add_argument("--epochs", type=int, default=20, help="dense training epochs (default 20)")
     demo.add_argument("--prune-epochs", type=int, default=10, help="pruning epochs (default 10)")
     demo.add_argument("--qat-epochs", type=int, default=5, help="quantization-aware epochs (default 5)")
-    demo.add_argument("--sparsity", type=float, default=0.8, help="target sparsity (default 0.8)")
+    demo.add_argument("--sparsity", type=_fraction, default=0.8, help="target sparsity in [0, 1) (default 0.8)")
     demo.add_argument("--output-dir", default="tflite_models", help="where digits_int8.tflite goes")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(run=_demo)
@@ -331,7 +354,7 @@ def build_parser():
     bench.add_argument("file", metavar="FILE", help="a .tflite file")
     bench.add_argument("--threads", type=_positive, default=1, help="interpreter threads (default 1)")
     bench.add_argument("--runs", type=_positive, default=50, help="timed runs (default 50)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    bench.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs first (default 5)")
     bench.add_argument("--batch-size", type=_positive, default=1, help="batch size (default 1)")
     bench.add_argument("--json", action="store_true", help="print one JSON line")
     bench.set_defaults(run=_bench)
@@ -353,22 +376,47 @@ def build_parser():
     return parser
 
 
+def _one_line(error):
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0] + (" (run with --verbose for the details)" if len(lines) > 1 else "")
+
+
 def main(argv=None):
-    """Runs the `kopt` command line; returns the exit code."""
+    """Runs the `kopt` command line and returns its exit code.
+
+    Exit codes: 0 success; 1 the converted file does not match its model (nothing written); 2 bad arguments or
+    input; 3 an unexpected error.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+
+    Example:
+
+    ```python
+    from kopt import cli
+    code = cli.main(["inspect", "missing.tflite"])  # 2, with a one-line error on stderr
+    ```
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     # Quiet TensorFlow's C++ start-up logs for the command line only (never at import of kopt).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    progress = logging.StreamHandler(sys.stderr)
+    progress.setFormatter(logging.Formatter("  %(message)s"))
+    logger = logging.getLogger("kopt")
+    previous_level, format_warning = logger.level, warnings.formatwarning
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     try:
         args.run(args)
-    except MismatchError as error:
+    except _MismatchError as error:
         _say(f"kopt {args.command}: {error}")
         return 1
-    except (UsageError, ValueError, TypeError, ImportError) as error:
+    except (_UsageError, ValueError, TypeError, ImportError) as error:
         if args.verbose:
             traceback.print_exc()
-        _say(f"kopt {args.command}: error: {error}")
+        _say(f"kopt {args.command}: error: {error if args.verbose else _one_line(error)}")
         return 2
     except KeyboardInterrupt:
         _say(f"kopt {args.command}: interrupted")
@@ -376,8 +424,12 @@ def main(argv=None):
     except Exception as error:  # anything else: still one line unless --verbose
         if args.verbose:
             traceback.print_exc()
-        _say(f"kopt {args.command}: {type(error).__name__}: {error} (run with --verbose for the traceback)")
-        return 1
+        _say(f"kopt {args.command}: unexpected {type(error).__name__}: {_one_line(error)}")
+        return 3
+    finally:
+        logger.removeHandler(progress)
+        logger.setLevel(previous_level)
+        warnings.formatwarning = format_warning
     return 0
 
 

@@ -22,7 +22,14 @@ __all__ = ["entry", "write"]
 
 
 def versions():
-    """The versions of the packages that made a file: kopt, TensorFlow, Keras, LiteRT (and ONNX tools if present)."""
+    """`{package: version}` of what made a file: kopt, TensorFlow, Keras, LiteRT (and the ONNX tools if installed).
+
+    Example:
+
+    ```python
+    print(kopt.manifest.versions()["tensorflow"])
+    ```
+    """
     from importlib import metadata
 
     found = {}
@@ -35,7 +42,12 @@ def versions():
 
 
 def op_counts(content, filename):
-    """`{op: count}` of a .tflite or .onnx file's graph."""
+    """`{op: count}` of a .tflite or .onnx file's graph.
+
+    Args:
+        content: the file's bytes.
+        filename: its name; the suffix says .tflite or .onnx.
+    """
     if filename.endswith(".onnx"):
         import onnx
 

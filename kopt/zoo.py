@@ -41,7 +41,8 @@ def digits_data(name, seed=0):
     Example:
 
     ```python
-    (x_train, y_train), (x_test, y_test) = kopt.zoo.digits_data("digits_32x32_rgb")
+    from kopt import zoo
+    (x_train, y_train), (x_test, y_test) = zoo.digits_data("digits_32x32_rgb")
     ```
     """
     from kopt.datasets import load_digits
@@ -60,7 +61,22 @@ def digits_data(name, seed=0):
 
 
 def file_accuracy(content, filename, x, y):
-    """Top-1 accuracy of a .tflite (LiteRT) or .onnx (onnxruntime) classifier file on `(x, y)`."""
+    """Top-1 accuracy of a .tflite (LiteRT) or .onnx (onnxruntime) classifier file on `(x, y)`.
+
+    Args:
+        content: the file's bytes.
+        filename: its name; the suffix says which runtime runs it.
+        x: inputs.
+        y: integer labels.
+
+    Example:
+
+    ```python
+    from kopt import zoo
+    (_, _), (x, y) = zoo.digits_data("digits_8x8")
+    accuracy = zoo.file_accuracy(open("tflite_models/digits_cnn_float.tflite", "rb").read(), "f.tflite", x, y)
+    ```
+    """
     if filename.endswith(".onnx"):
         import onnxruntime
 
@@ -176,7 +192,8 @@ def build(output_dir="tflite_models", only=None, seed=0, verbose=1):
     Example:
 
     ```python
-    entries = kopt.zoo.build("zoo", only=["digits_cnn_float.tflite"], verbose=0)
+    from kopt import zoo
+    entries = zoo.build("zoo", only=["digits_cnn_float.tflite"], verbose=0)
     ```
     """
     from kopt import manifest
@@ -195,20 +212,15 @@ def build(output_dir="tflite_models", only=None, seed=0, verbose=1):
         start = time.perf_counter()
         made, data, (x_test, y_test) = maker(wanted, say, seed)
         for filename, (content, source, model) in made.items():
-            path = os.path.join(output_dir, filename)
-            if filename.endswith(".onnx"):
-                with open(path + ".part", "wb") as f:
-                    f.write(bytes(content))
-                os.replace(path + ".part", path)
-            else:
-                content.save(path)
             accuracy = file_accuracy(content, filename, x_test, y_test)
             keras_accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test))
             records[filename] = manifest.entry(content, filename, f"{COMMAND} --only {filename}", source, data=data,
                                                seed=seed, accuracy=accuracy, keras_accuracy=keras_accuracy)
+            # File and manifest entry together, so an interrupted build leaves every entry true of its file.
+            content.save(os.path.join(output_dir, filename))
+            manifest.write(output_dir, {filename: records[filename]})
             say(f"  {filename}: accuracy {accuracy:.4f} (Keras {keras_accuracy:.4f}), {len(content):,} bytes")
         say(f"  ({time.perf_counter() - start:.0f} s)")
-    manifest.write(output_dir, records)
     return records
 
 
@@ -228,8 +240,9 @@ def check(output_dir="tflite_models", only=None, tolerance=0.0, verbose=1):
     Example:
 
     ```python
-    kopt.zoo.build("zoo", only=["digits_cnn_float.tflite"], verbose=0)
-    kopt.zoo.check("zoo", only=["digits_cnn_float.tflite"], verbose=0)
+    from kopt import zoo
+    zoo.build("zoo", only=["digits_cnn_float.tflite"], verbose=0)
+    zoo.check("zoo", only=["digits_cnn_float.tflite"], verbose=0)
     ```
     """
     with open(os.path.join(output_dir, "manifest.json")) as f:
@@ -252,6 +265,7 @@ def check(output_dir="tflite_models", only=None, tolerance=0.0, verbose=1):
 
 
 def main(argv=None):
+    """`python -m kopt.zoo`: builds (or with `--check`, rebuilds and compares) the zoo; returns the exit code."""
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="tflite_models", help="the zoo folder (default tflite_models)")
     parser.add_argument("--only", help="comma-separated file names (default: all)")

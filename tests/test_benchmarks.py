@@ -43,3 +43,12 @@ def test_distribute_benchmark_runs():
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kopt pruned / Keras 3, 2 replicas" in proc.stdout and "| kopt qat, 2 replicas |" in proc.stdout
+
+
+def test_onnx_coverage_benchmark_runs():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "onnx_coverage.py"), "--only", "MobileNetV3Small"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| MobileNetV3Small float |")]
+    assert row.endswith("| pass |") and float(row.split("|")[2]) > 50

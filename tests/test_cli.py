@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 from litert_truth import only_output
 from tensorflow.lite.tools import flatbuffer_utils
 
-from kopt import cli
+from kopt import cli, convert
 from kopt.datasets import load_digits
 from kopt.demo import build_cnn
 
@@ -30,6 +30,7 @@ def files(tmp_path_factory):
     np.save(folder / "x.npy", x_test)
     np.save(folder / "y.npy", y_test)
     np.save(folder / "zeros.npy", np.zeros_like(x_train[:200]))
+    convert.to_tflite(model, folder / "float.tflite", quantization=None, validate=False)
     return folder, model, x_test, y_test
 
 
@@ -129,7 +130,7 @@ def test_onnx_export_and_inspect_agree_with_onnxruntime(files, capsys):
     (["convert", "{folder}/model.keras", "-o", "{folder}/out.tflite", "--representative", "{folder}/nope.npy"],
      "--representative '{folder}/nope.npy': no such file"),
     (["eval", "{folder}/model.keras", "--x", "{folder}/x.npy", "--y", "{folder}/y.npy"], "expected a .tflite"),
-    (["eval", "{folder}/inspected.tflite", "--x", "{folder}/x.npy", "--y", "{folder}/calib.npy"],
+    (["eval", "{folder}/float.tflite", "--x", "{folder}/x.npy", "--y", "{folder}/calib.npy"],
      "--x has 450 samples but --y has 200"),
     (["convert", "{folder}/model.keras", "-o", "{folder}/out.tflite", "--representative", "{folder}/model.keras"],
      "is not a NumPy .npy/.npz file"),
@@ -167,3 +168,17 @@ def test_version_and_argparse_errors_in_a_fresh_process():
     bad = subprocess.run([sys.executable, "-m", "kopt.cli", "convert", "m.keras", "-o", "o.tflite",
                           "--quantization", "int4"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--quantization: invalid choice: 'int4'" in bad.stderr
+
+
+def test_a_folder_of_images_is_resized_to_the_model_input(files, tmp_path):
+    folder, model, x_test, _ = files
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.round(x_test[:5] * 255).astype("uint8")
+    for i, image in enumerate(pixels):
+        keras.utils.save_img(images / f"{i}.png", image, scale=False)
+    (images / "notes.txt").write_text("not an image")
+    loaded = cli._load_data(str(images), "--representative", model)
+    np.testing.assert_array_equal(loaded, pixels.astype("float32"))  # 0-255, the file's own pixel values
+    big = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert cli._load_data(str(images), "--representative", big).shape == (5, 16, 16, 3)  # resized, grey -> RGB

@@ -73,7 +73,9 @@ def _input_details(content):
 def test_rebuilding_reproduces_the_recorded_accuracies(tmp_path):
     only = "digits_cnn_float.tflite,digits_cnn_ptq_int8.tflite,digits_cnn_float.onnx"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "kopt.zoo", "--check", "--only", only, "--output-dir", str(FOLDER)],
+    # Seeded, deterministic training: equal on this machine and these versions; another CPU may move a sample.
+    proc = subprocess.run([sys.executable, "-m", "kopt.zoo", "--check", "--only", only, "--tolerance", "0.005",
+                           "--output-dir", str(FOLDER)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for name in only.split(","):
@@ -91,6 +93,8 @@ def test_readme_table_matches_the_manifest():
     rows = [line.split("|")[1:5] for line in table.splitlines()[2:]]
     assert len(rows) == len(MANIFEST)
     for name, accuracy, size, gzipped in rows:
+        if "kopt demo" in name:  # rewritten by whoever runs the Quickstart's `kopt demo` here
+            continue
         entry = MANIFEST[name.split("`")[1]]
         assert float(accuracy) == pytest.approx(entry["accuracy"], abs=5e-5)
         assert int(size.replace(",", "")) == entry["bytes"] and int(gzipped.replace(",", "")) == entry["gzip_bytes"]

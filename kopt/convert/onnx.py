@@ -23,6 +23,7 @@ __all__ = ["ONNXModel", "compare", "to_onnx"]
 # a QAT model exported at opset 10 does not load.
 MIN_OPSET = 11
 _INSTALL = 'pip install "kopt-keras[onnx]"'
+logger = logging.getLogger("kopt")
 
 
 class ONNXModel(ModelFile):
@@ -291,8 +292,9 @@ def to_onnx(model, path=None, *, opset=None, validate=True, validation_data=None
     optimizations) on held samples and every output is compared with the
     Keras output (SQNR, max abs error, and top-1 agreement on samples whose
     reference top-1 is decisive, see `kopt.convert.validate`); if any output
-    misses a threshold, this raises (or warns). The file is written only when
-    everything passed, atomically.
+    misses a threshold, this raises and writes nothing (with
+    `on_mismatch="warn"` it warns and writes the file anyway). Files are
+    written atomically.
 
     Default thresholds (measured, Keras vs onnxruntime): a float model's file
     computes the same function up to float rounding: SQNR >= 50 dB and 99.9%
@@ -376,7 +378,9 @@ def to_onnx(model, path=None, *, opset=None, validate=True, validation_data=None
     if validation_data is not None:  # bad data fails here, before the export
         held = data_lib.collect_inputs(validation_data, inputs, "validation_data", max_samples)
 
+    logger.info("exporting '%s' to ONNX%s", model.name, f" (opset {opset})" if opset else "")
     content = _export(model, opset, verbose)
+    logger.info("exported: %s bytes", f"{len(content):,}")
     _check_converted(content, model, opset)
     if qat:  # weights as int8 + DequantizeLinear on the QAT grid (tf2onnx leaves them float)
         content, _ = onnx_weights.quantize_weights(content)

@@ -203,8 +203,8 @@ class ONNXInfo:
         if activations:
             dtypes = "/".join(sorted({t["dtype"] for t in activations}))
             scales = [s for t in activations for s in t["scales"]]
-            lines.append(f"  QDQ: {len(activations)} quantized activations ({dtypes}), "
-                         f"scales {min(scales):.4g} to {max(scales):.4g}")
+            spread = f", scales {min(scales):.4g} to {max(scales):.4g}" if scales else ""
+            lines.append(f"  QDQ: {len(activations)} quantized activations ({dtypes}){spread}")
             weights = len(self.tensors) - len(activations)
             if weights:
                 lines.append(f"  {weights} quantized weights")

@@ -224,7 +224,10 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     # inputs after the input layers, which an unnamed keras.Input names apart from its tensor.
     named = None if calibration is None else {
         spec.name: s for spec, s in zip(data_lib.model_inputs(converted), calibration)}
+    calibrating = f", calibrating on {data_lib.count(calibration)} samples" if calibration is not None else ""
+    logger.info("converting '%s' to %s%s", model.name, quantization or "float32", calibrating)
     content = _convert(converted, quantization, named, input_type, output_type)
+    logger.info("converted: %s bytes", f"{len(content):,}")
 
     if quantization == "int8" and not allow_float_ops:
         info = inspect(content)

@@ -24,6 +24,7 @@ thresholds.
 """
 
 import dataclasses
+import logging
 import warnings
 
 import numpy as np
@@ -443,6 +444,7 @@ def check_against_model(model, inputs, held, compare_file, kind, *, quantization
         where = "within the QAT input range" if quantization_aware else "uniform in [0, 1)"
         warnings.warn(f"No validation_data: validated on {data_lib.count(held)} synthetic inputs {where}. "
                       "Pass validation_data to check the file on real inputs.", stacklevel=3)
+    logging.getLogger("kopt").info("validating on %d samples against the Keras model", data_lib.count(held))
     report = compare_file(held, synthetic)
     if verbose:
         print(report)
