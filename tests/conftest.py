@@ -20,3 +20,21 @@ def _seed():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+# Tests that run minutes in subprocesses (whole trainings, conversions, fresh venvs). Started first, so that the two
+# pytest-xdist workers share the long ones and the many short tests fill in at the end (a long test collected last
+# would leave one worker idle while the other finishes it).
+_LONG_FILES = ("test_notebooks.py", "test_multi_worker.py", "test_backup_restore.py", "test_benchmarks.py",
+               "test_tuner.py", "test_demo.py", "test_tfmot_guides.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        if item.path.name == "test_applications.py":  # the longest: 15 families, slowest first
+            return 0
+        if item.get_closest_marker("slow"):
+            return 1
+        return 2 if item.path.name in _LONG_FILES else 3
+
+    items.sort(key=rank)  # stable: each file keeps its own order
