@@ -30,8 +30,8 @@ def test_mirrored_over_the_devices_given():
     assert "MirroredStrategy, 2 replicas in sync" in text and "devices given" in text
     assert kopt.distribute.global_batch_size(32, strategy) == 64
     # No fit here: a second MirroredStrategy over the same devices running collectives in this process makes
-    # later ones (tests/sparsity/test_distributed.py, tests/quantization/test_quantize.py) fail with
-    # "Shape mismatch in the collective instance". kopt under MirroredStrategy is trained there.
+    # later ones fail with "Shape mismatch in the collective instance". kopt under MirroredStrategy is trained in
+    # tests/sparsity/test_distributed.py and tests/quantization (with ReductionToOneDevice, for the same reason).
 
 
 def test_devices_that_do_not_exist():
