@@ -282,11 +282,12 @@ def to_onnx(model, path=None, *, opset=None, validate=True, validation_data=None
     precision policy exports as a float32 copy with the same weights. A QAT
     model (from `kopt.quantization`) exports as a QDQ model: every activation
     range it learned becomes a QuantizeLinear/DequantizeLinear pair (uint8,
-    the scale and zero point of its range), its weights are int8 initializers
-    read through a DequantizeLinear with the QAT model's own scales (per
-    output channel for convolutions; see `kopt.convert.onnx_weights`), and
-    onnxruntime runs the quantized ops in integer kernels (QLinearConv,
-    QGemm ...).
+    the scale and zero point of its range), its weights are 8-bit initializers
+    (uint8 around zero point 128, the U8U8 form onnxruntime computes exactly on
+    x86 with or without VNNI and on ARM) read through a DequantizeLinear with
+    the QAT model's own scales (per output channel for convolutions; see
+    `kopt.convert.onnx_weights`), and onnxruntime runs the quantized ops in
+    integer kernels (QLinearConv, QGemm ...).
 
     With `validate`, the file runs in onnxruntime (CPU, default graph
     optimizations) on held samples and every output is compared with the
@@ -382,7 +383,7 @@ def to_onnx(model, path=None, *, opset=None, validate=True, validation_data=None
     content = _export(model, opset, verbose)
     logger.info("exported: %s bytes", f"{len(content):,}")
     _check_converted(content, model, opset)
-    if qat:  # weights as int8 + DequantizeLinear on the QAT grid (tf2onnx leaves them float)
+    if qat:  # weights as 8-bit integers + DequantizeLinear on the QAT grid (tf2onnx leaves them float)
         content, _ = onnx_weights.quantize_weights(content)
 
     report = None

@@ -73,7 +73,7 @@ def test_quantization_parameters_are_the_initializers(files):
     stored = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in values]
     assert len(weights) == len(stored) == 2
     for node, tensor in zip(stored, weights):
-        assert tensor["dtype"] == "int8" and tensor["shape"] == values[node.input[0]].shape
+        assert tensor["dtype"] == "uint8" and tensor["shape"] == values[node.input[0]].shape
         assert tensor["scales"] == [float(s) for s in np.atleast_1d(values[node.input[1]])]
     assert [t["axis"] for t in weights] == [0, None]  # conv per output channel, dense per tensor
     assert info.is_quantized and not convert.inspect(float_file).is_quantized
@@ -82,11 +82,11 @@ def test_quantization_parameters_are_the_initializers(files):
 def test_zero_weight_fraction(files):
     float_file, qat_file, keras_zeros = files
     assert convert.inspect(float_file).zero_weight_fraction == pytest.approx(keras_zeros, abs=1e-9)
-    # The QAT file stores int8 weights: a weight is zero where q equals its zero point (0).
+    # The QAT file stores uint8 weights: a weight is zero where q equals its zero point (128).
     proto = onnx.load_from_string(qat_file)
     values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     stored = [values[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in values]
-    truth = sum(int(np.sum(q == 0)) for q in stored) / sum(q.size for q in stored)
+    truth = sum(int(np.sum(q == 128)) for q in stored) / sum(q.size for q in stored)
     assert convert.inspect(qat_file).zero_weight_fraction == pytest.approx(truth, abs=1e-9)
     assert truth >= keras_zeros  # pruned zeros stay zero; small weights round to zero too
 
