@@ -15,6 +15,7 @@ no state, so they are carried over as they are, and so are `Lambda` layers
 import keras
 
 from kopt._keras.calls import accepted_kwargs
+from kopt._keras.sublayers import layer_from_config
 
 
 def is_graph_model(obj):
@@ -46,8 +47,10 @@ def copy_layer(layer, weights=None):
     Returns:
         A new layer of the same class and config. If `layer` is built, the copy
         is built with the same build config and holds the same weight values.
+        A layer whose config holds keys its constructor does not take (e.g.
+        KerasHub's `ViTPatchingAndEmbedding`) is rebuilt without them.
     """
-    new = layer.__class__.from_config(layer.get_config())
+    new = layer_from_config(layer.__class__, layer.get_config())
     if layer.built:
         build_config = layer.get_build_config()
         if build_config is not None:
@@ -81,7 +84,8 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
             layer to use in its place; use `copy_layer` for layers that stay as
             they are, so the result shares no variables with `model`.
         after_input: optional callable returning a new layer to insert right
-            after each input of the top-level model (e.g. an input quantizer).
+            after each float input of the top-level model (e.g. an input
+            quantizer); integer inputs (token ids, masks) are left as they are.
         after_operation: optional callable `(operation) -> layer or None`: a
             layer to apply to the output of each plain operation / Lambda
             (e.g. an output quantizer), in every (nested) graph.
@@ -110,7 +114,7 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
         first = model._layers[0] if model._layers else None  # private: .layers hides the InputLayer
         if isinstance(first, keras.layers.InputLayer):
             head.append(keras.Input(batch_shape=first.batch_shape, dtype=first.dtype, name=first.name))
-        if after_input is not None:
+        if after_input is not None and (not model.inputs or keras.backend.is_float_dtype(model.inputs[0].dtype)):
             head.append(after_input())
         return keras.Sequential(head + [clone_function(layer) for layer in model.layers], name=model.name)
 
@@ -124,7 +128,8 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
     quantized_inputs = {}
     if after_input is not None:
         for tensor in keras.tree.flatten(inputs):
-            quantized_inputs[id(tensor)] = after_input()(tensor)
+            if keras.backend.is_float_dtype(tensor.dtype):  # token ids, masks ... stay integer
+                quantized_inputs[id(tensor)] = after_input()(tensor)
 
     def call_function(op, *args, **kwargs):
         if quantized_inputs:

@@ -1,5 +1,6 @@
 """`to_tflite`: Keras 3 model -> .tflite (float, float16, dynamic, int16x8 or full int8), validated."""
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -66,7 +67,14 @@ def _convert(model, quantization, calibration, input_type, output_type):
     with tempfile.TemporaryDirectory(prefix="kopt-export-") as export_dir:
         # The Keras-3-safe path: export a SavedModel and convert that (converting the Keras object
         # directly is fragile on Keras 3).
-        model.export(export_dir, format="tf_saved_model", verbose=False)
+        if quantization in ("int8", "int16x8"):
+            from kopt.quantization.integer_forms import integer_lowering
+
+            lowering = integer_lowering(model)  # LayerNormalization inside custom layers without NEG
+        else:
+            lowering = contextlib.nullcontext()
+        with lowering:
+            model.export(export_dir, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(export_dir)
         if quantization is not None:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

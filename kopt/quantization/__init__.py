@@ -9,7 +9,12 @@ qat.fit(x, y, epochs=1)
 ```
 """
 
-from kopt.quantization.integer_forms import IntegerLayerNormalization, integer_form, with_integer_forms
+from kopt.quantization.integer_forms import (
+    IntegerLayerNormalization,
+    integer_form,
+    integer_lowering,
+    with_integer_forms,
+)
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize import (
     quantize_annotate_layer,
@@ -27,6 +32,7 @@ from kopt.quantization.quantizers import (
     WeightQuantizer,
 )
 from kopt.quantization.scope import quantize_scope
+from kopt.quantization.sublayer_config import SublayerQuantizeConfig
 from kopt.quantization.wrapper import QuantizeWrapper
 
 __all__ = [
@@ -41,8 +47,10 @@ __all__ = [
     "QuantizeLayer",
     "QuantizeWrapper",
     "Quantizer",
+    "SublayerQuantizeConfig",
     "WeightQuantizer",
     "integer_form",
+    "integer_lowering",
     "quantize_annotate_layer",
     "quantize_annotate_model",
     "quantize_apply",

@@ -11,8 +11,13 @@ that lowers to int8 TFLite ops, or None; QAT (`quantize_apply`) and post-trainin
   convolution that TFLite runs as one op.
 """
 
+import contextlib
+import types
+
 import keras
 from keras import ops
+
+from kopt._keras.sublayers import all_sublayers
 
 
 @keras.saving.register_keras_serializable(package="kopt")
@@ -44,6 +49,10 @@ class IntegerLayerNormalization(keras.layers.LayerNormalization):
         return outputs
 
 
+def _lowers_with_neg(layer):
+    return type(layer) is keras.layers.LayerNormalization and not layer.rms_scaling and _last_axis(layer)
+
+
 def _last_axis(layer):
     axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     rank = len(layer.get_build_config()["input_shape"]) if layer.built else None
@@ -67,7 +76,7 @@ def integer_form(layer):
     replacement = kopt.quantization.integer_form(layer)  # an IntegerLayerNormalization
     ```
     """
-    if type(layer) is keras.layers.LayerNormalization and not layer.rms_scaling and _last_axis(layer):
+    if _lowers_with_neg(layer):
         new = IntegerLayerNormalization.from_config(layer.get_config())
         new.build_from_config(layer.get_build_config())
         new.set_weights(layer.get_weights())
@@ -134,3 +143,35 @@ def with_integer_forms(model):
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), structure)
     return keras.Model(inputs, rewritten(inputs), name=model.name)
+
+
+@contextlib.contextmanager
+def integer_lowering(model):
+    """Within the block, every LayerNormalization in `model` computes as `IntegerLayerNormalization` does.
+
+    `with_integer_forms` and `quantize_apply` replace the LayerNormalization layers of a model's graph; the
+    ones a custom layer holds as attributes (KerasHub's TransformerEncoder, ViT's blocks) cannot be replaced
+    without rebuilding that layer, so their `call` is switched for the export instead, and restored after.
+    Same weights, same function up to float rounding, no NEG op in the int8 file.
+
+    Args:
+        model: a Keras model or layer (nested models, wrapped layers and custom layers' sublayers are walked).
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((4, 8)), keras.layers.LayerNormalization()])
+    with kopt.quantization.integer_lowering(model):
+        y = model(np.ones((1, 4, 8), "float32"))
+    ```
+    """
+    patched = []
+    try:
+        for layer in all_sublayers(model):
+            if layer.built and _lowers_with_neg(layer) and "call" not in vars(layer):
+                layer.call = types.MethodType(IntegerLayerNormalization.call, layer)
+                patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.call

@@ -3,6 +3,7 @@
 import keras
 
 from kopt._keras.calls import accepted_kwargs, wrapper_kwargs
+from kopt._keras.sublayers import deserialize_layer
 
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.quantizers import ActivationQuantizer
@@ -99,5 +100,5 @@ class QuantizeAnnotate(keras.layers.Wrapper):
         config = dict(config)
         if config.get("quantize_config"):
             config["quantize_config"] = keras.saving.deserialize_keras_object(config["quantize_config"])
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        config["layer"] = deserialize_layer(config["layer"], custom_objects=custom_objects)
         return cls(**config)

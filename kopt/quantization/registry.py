@@ -3,6 +3,7 @@
 import keras
 
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
+from kopt.quantization.sublayer_config import SublayerQuantizeConfig, quantizes_sublayers
 
 L = keras.layers
 
@@ -71,7 +72,9 @@ def default_config(layer):
             return Default8BitQuantizeConfig(**kwargs, activation_attrs=["activation"], quantize_output=False)
     if isinstance(layer, L.Activation):
         return Default8BitQuantizeConfig([], ["activation"], False)
-    return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, custom layers
+    if isinstance(layer, L.MultiHeadAttention) or quantizes_sublayers(layer):
+        return SublayerQuantizeConfig()  # the kernels of the layers it holds, and its output
+    return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, other custom layers
 
 
 def is_supported(layer):

@@ -4,6 +4,7 @@ from kopt._keras.scope import custom_object_scope
 
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
+from kopt.quantization.sublayer_config import SublayerQuantizeConfig
 from kopt.quantization.quantizers import (
     ActivationQuantizer,
     AllValuesQuantizer,
@@ -47,6 +48,6 @@ def quantize_scope(*args):
     """
     return custom_object_scope(
         "quantize_scope",
-        (QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, LastValueQuantizer,
-         MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer),
+        (QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, SublayerQuantizeConfig,
+         LastValueQuantizer, MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer),
         args, "quantize_scope({'MyQuantizeConfig': MyQuantizeConfig})")

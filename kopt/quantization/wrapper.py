@@ -7,6 +7,7 @@ from keras import ops
 
 from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
 from kopt._keras.distribution import same_on_every_replica
+from kopt._keras.sublayers import deserialize_layer
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -209,7 +210,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config = dict(config)
         config["quantize_config"] = keras.saving.deserialize_keras_object(
             config["quantize_config"], custom_objects=custom_objects)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        config["layer"] = deserialize_layer(config["layer"], custom_objects=custom_objects)
         # Files written before the wrapper stopped modifying its layer hold the layer with a linear
         # activation and its real activation here: give it back to the (freshly loaded) layer.
         activation = config.pop("activation", None)

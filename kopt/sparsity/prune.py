@@ -192,10 +192,7 @@ def _copy_wrapper(wrapper):
 
 def _stripped_layer(wrapper):
     """The wrapped layer, copied, with `weight * mask` baked into its weights."""
-    masked = {
-        id(w): ops.convert_to_numpy(w * ops.cast(m, w.dtype))
-        for w, m in zip(wrapper._pruned_weights, wrapper.masks)
-    }
+    masked = {id(w): ops.convert_to_numpy(value) for w, value in wrapper.effective_weights()}
     values = [masked.get(id(w), None) for w in wrapper.layer.weights]
     values = [v if v is not None else ops.convert_to_numpy(w) for v, w in zip(values, wrapper.layer.weights)]
     return copy_layer(wrapper.layer, weights=values)

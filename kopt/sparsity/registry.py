@@ -2,6 +2,7 @@
 
 import keras
 
+from kopt._keras.sublayers import is_keras_layer, sublayers
 from kopt.sparsity.prunable_layer import PrunableLayer
 
 L = keras.layers
@@ -48,19 +49,62 @@ def _is_prunable_cell(cell):
     return _defines_prunable_weights(cell) or isinstance(cell, _RNN_CELLS)
 
 
-def is_prunable(layer):
-    """Whether `layer` is a built-in prunable layer or opts in with `get_prunable_weights`.
-
-    A recurrent layer (`keras.layers.RNN` and its subclasses LSTM, GRU,
-    SimpleRNN) is prunable when every one of its cells is an LSTMCell, GRUCell,
-    SimpleRNNCell or defines `get_prunable_weights`, as in tfmot. (ConvLSTM and
-    Bidirectional are not prunable: tfmot does not prune them either.)
-    """
+def _is_builtin_prunable(layer):
     if _defines_prunable_weights(layer):
         return True
     if isinstance(layer, L.RNN):
         return all(_is_prunable_cell(cell) for cell in _rnn_cells(layer))
     return isinstance(layer, SUPPORTED_LAYERS)
+
+
+def _may_hold_sublayers(layer):
+    # Keras's own layers are pruned as a whole or not at all (tfmot prunes no Bidirectional, TimeDistributed ...);
+    # wrappers (kopt's included) and models are handled by the model rewrite.
+    return not (is_keras_layer(layer) or isinstance(layer, (keras.Model, L.Wrapper)))
+
+
+def _sublayer_weights(layer):
+    """`[(variable, label)]` of the prunable sublayers of a custom layer, at any depth, labelled by path."""
+    found, seen = [], set()
+
+    def visit(container):
+        for sub in sublayers(container):
+            if _is_builtin_prunable(sub):
+                if not sub.built or not is_pruned_by_default(sub):
+                    continue
+                for variable, _ in labelled_prunable_weights(sub):
+                    if id(variable) not in seen:
+                        seen.add(id(variable))
+                        found.append((variable, path_label(layer, variable)))
+            elif not isinstance(sub, L.Wrapper):
+                visit(sub)
+
+    visit(layer)
+    return found
+
+
+def prunes_sublayers(layer):
+    """Whether `layer` is a custom layer pruned through the Dense, EinsumDense, Conv*, Embedding ... it holds.
+
+    KerasHub's TransformerEncoder, CachedMultiHeadAttention or ViTPatchingAndEmbedding, or any custom layer
+    that assigns Keras layers to its attributes: their kernels are pruned as if each sublayer were wrapped
+    (the same weights, one mask per weight), unless the layer says what to prune itself with
+    `get_prunable_weights`. DepthwiseConv kernels inside stay dense, as in a model.
+    """
+    return (not _is_builtin_prunable(layer) and _may_hold_sublayers(layer) and layer.built
+            and bool(_sublayer_weights(layer)))
+
+
+def is_prunable(layer):
+    """Whether `layer` is a built-in prunable layer, opts in with `get_prunable_weights`, or holds prunable layers.
+
+    A recurrent layer (`keras.layers.RNN` and its subclasses LSTM, GRU,
+    SimpleRNN) is prunable when every one of its cells is an LSTMCell, GRUCell,
+    SimpleRNNCell or defines `get_prunable_weights`, as in tfmot. (ConvLSTM and
+    Bidirectional are not prunable: tfmot does not prune them either.) A
+    built custom layer is prunable through its sublayers (`prunes_sublayers`).
+    """
+    return _is_builtin_prunable(layer) or prunes_sublayers(layer)
 
 
 def is_pruned_by_default(layer):
@@ -114,7 +158,8 @@ def labelled_prunable_weights(layer):
     The label names the weight within the layer, independently of how the
     layer was built: 'kernel' (Dense), 'query/kernel' (MultiHeadAttention),
     'lstm_cell/recurrent_kernel' (LSTM), the path below the layer for a custom
-    layer's weights.
+    layer's weights ('self_attention_layer/query/kernel' in a KerasHub
+    TransformerEncoder).
 
     Args:
         layer: a built Keras layer for which `is_prunable(layer)` is True.
@@ -132,6 +177,8 @@ def labelled_prunable_weights(layer):
     for classes, attributes in _ATTRIBUTES:
         if isinstance(layer, classes):
             return [(_as_variable(layer, getattr(layer, a), a), a) for a in attributes]
+    if prunes_sublayers(layer):
+        return _sublayer_weights(layer)
     raise ValueError(f"Layer '{layer.name}' ({layer.__class__.__name__}) is not prunable.")
 
 

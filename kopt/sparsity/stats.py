@@ -1,20 +1,23 @@
 """`get_sparsity`: the fraction of zeros in each prunable weight of a model."""
 
+import keras
 import numpy as np
 from keras import ops
 
 from kopt._keras.clone import walk_layers
 from kopt.sparsity import registry
-from kopt.sparsity.wrapper import PruneLowMagnitude, _weight_label
 
 
 def get_sparsity(model):
     """Returns `{weight name: fraction of zeros}` for every prunable weight in `model`.
 
     Works on pruned models (the effective weight `weight * mask` is counted),
-    on stripped models and on plain models, recursing into nested models.
-    Names are `"<layer name>/<weight>"`, e.g. `"dense/kernel"` or
-    `"mha/query/kernel"`, and are the same before and after `strip_pruning`.
+    on stripped models, on plain models and on QAT models (the weights with
+    their sparsity masks), recursing into nested models and into custom layers
+    (the kernels of the Dense, EinsumDense, Conv* and Embedding layers they
+    hold). Names are `"<layer name>/<weight>"`, e.g. `"dense/kernel"`,
+    `"mha/query/kernel"` or `"transformer_layer_0/self_attention_layer/query/kernel"`,
+    and are the same before and after `strip_pruning`.
 
     Args:
         model: a Keras model or layer.
@@ -32,15 +35,15 @@ def get_sparsity(model):
     layers = list(walk_layers(model)) if hasattr(model, "layers") else [model]
     result = {}
     for layer in layers:
-        if isinstance(layer, PruneLowMagnitude):
-            if not layer.built:
-                continue
-            for weight, mask, label in zip(layer._pruned_weights, layer.masks, layer.weight_labels):
-                value = ops.convert_to_numpy(weight * ops.cast(mask, weight.dtype))
-                result[f"{layer.layer.name}/{label}"] = float(np.mean(value == 0))
-        elif registry.is_prunable(layer) and layer.built:
-            for weight in registry.get_prunable_weights(layer):
-                value = ops.convert_to_numpy(weight)
-                result[f"{layer.name}/{_weight_label(layer, weight)}"] = float(np.mean(value == 0))
+        # A wrapper (pruning, QAT) computes its layer with substituted weights: those are counted.
+        substitutes = {}
+        while isinstance(layer, keras.layers.Wrapper):
+            if layer.built and hasattr(layer, "effective_weights"):
+                substitutes.update({id(variable): value for variable, value in layer.effective_weights()})
+            layer = layer.layer
+        if not layer.built or not registry.is_prunable(layer):
+            continue
+        for variable, label in registry.labelled_prunable_weights(layer):
+            value = ops.convert_to_numpy(substitutes.get(id(variable), variable))
+            result[f"{layer.name}/{label}"] = float(np.mean(value == 0))
     return result
-

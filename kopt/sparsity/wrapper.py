@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from kopt._keras.calls import call_with_values, wrapper_kwargs
+from kopt._keras.sublayers import deserialize_layer
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -64,14 +65,6 @@ def _two_ints(value, name, example):
     ):
         raise ValueError(f"`{name}` must be a tuple of 2 integers ({example}), got {value!r}.")
     return tuple(int(i) for i in items)
-
-
-def _weight_label(layer, weight):
-    """'kernel' for a Dense, 'query/kernel' for a MultiHeadAttention's, 'lstm_cell/kernel' for an LSTM's."""
-    for variable, label in registry.labelled_prunable_weights(layer):
-        if variable is weight:
-            return label
-    return registry.path_label(layer, weight)
 
 
 @keras.saving.register_keras_serializable(package="kopt")
@@ -244,6 +237,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for variable, value in zip(self.thresholds + self.masks, list(thresholds) + list(masks)):
             variable.assign(value)
 
+    def effective_weights(self):
+        """`[(variable, value)]`: each pruned weight with its mask applied (what the layer computes with)."""
+        return [(w, w * ops.cast(m, w.dtype)) for w, m in zip(self._pruned_weights, self.masks)]
+
     def apply_masks(self):
         """Writes `weight * mask` into the wrapped layer's weights (done at each epoch end)."""
         for weight, mask in zip(self._pruned_weights, self.masks):
@@ -256,8 +253,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if not self._step_callback_attached:
                 raise ValueError(_CALLBACK_ERROR.format(name=self.name))
             self.update_masks()
-        masked = [(w, w * ops.cast(m, w.dtype)) for w, m in zip(self._pruned_weights, self.masks)]
-        return call_with_values(self.layer, masked, inputs, *args, training=training, **kwargs)
+        return call_with_values(self.layer, self.effective_weights(), inputs, *args, training=training, **kwargs)
 
     # -- shapes, masks and config -----------------------------------------------------------
 
@@ -285,5 +281,5 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"], custom_objects=custom_objects)
+        config["layer"] = deserialize_layer(config["layer"], custom_objects=custom_objects)
         return cls(**config)

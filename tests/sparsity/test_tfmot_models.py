@@ -1,8 +1,9 @@
 """Whole digits models pruned by kopt and by tfmot (its own process): the same weights get masks.
 
-A CNN with a DepthwiseConv2D (tfmot leaves depthwise kernels dense) and LSTM /
+A CNN with a DepthwiseConv2D (tfmot leaves depthwise kernels dense), LSTM /
 GRU / SimpleRNN / stacked-cell RNN models (tfmot prunes each cell's kernel and
-recurrent_kernel), built identically in Keras 3 and tf_keras from the same
+recurrent_kernel) and a model with a custom layer holding Dense layers (kopt
+reaches them by itself; tfmot through the layer's `get_prunable_weights`), built identically in Keras 3 and tf_keras from the same
 initial weights, trained on the same digits batches.
 """
 
@@ -81,6 +82,8 @@ EXPECTED_PRUNED = {
     "simple_rnn": {"rnn/simple_rnn_cell/kernel", "rnn/simple_rnn_cell/recurrent_kernel", "head/kernel"},
     "stacked_rnn": {f"rnn/stacked_rnn_cells/{cell}/{w}" for cell in ("lstm_cell", "gru_cell")
                     for w in ("kernel", "recurrent_kernel")} | {"head/kernel"},
+    # A custom layer's Dense kernels, found by kopt, returned by get_prunable_weights to tfmot.
+    "custom_block": {"embed/kernel", "block/expand/kernel", "block/project/kernel", "head/kernel"},
 }
 
 

@@ -24,7 +24,47 @@ import sys
 
 import numpy as np
 
-KINDS = ("depthwise", "lstm", "gru", "simple_rnn", "stacked_rnn")
+KINDS = ("depthwise", "lstm", "gru", "simple_rnn", "stacked_rnn", "custom_block")
+
+
+def _residual_mlp(K):
+    """A custom layer holding two Dense layers and a LayerNormalization, as KerasHub's blocks do.
+
+    kopt prunes its Dense kernels by itself; tfmot needs the layer to be a PrunableLayer that returns them.
+    """
+    bases = (K.layers.Layer,)
+    if not K.__name__.startswith("keras"):  # tf_keras, in the oracle's process
+        import tensorflow_model_optimization as tfmot
+
+        bases += (tfmot.sparsity.keras.PrunableLayer,)
+
+    class ResidualMLP(*bases):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+            self.expand = K.layers.Dense(units, activation="relu", name="expand")
+            self.project = None
+            self.norm = K.layers.LayerNormalization(name="norm")
+
+        def build(self, input_shape):
+            self.project = K.layers.Dense(input_shape[-1], name="project")
+            self.expand.build(input_shape)
+            self.project.build(tuple(input_shape[:-1]) + (self.units,))
+            self.norm.build(input_shape)
+            self.built = True
+
+        def call(self, x):
+            return self.norm(x + self.project(self.expand(x)))
+
+        def get_prunable_weights(self):  # tfmot's PrunableLayer only
+            return [self.expand.kernel, self.project.kernel]
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    if K.__name__.startswith("keras"):
+        del ResidualMLP.get_prunable_weights  # kopt finds the Dense layers itself
+    return ResidualMLP
 
 
 def build(K, kind):
@@ -37,6 +77,11 @@ def build(K, kind):
             L.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise"),
             L.Conv2D(16, 1, activation="relu", name="pointwise"),
             L.Flatten(name="flatten"),
+            L.Dense(10, name="head"),
+        ], name=kind)
+    if kind == "custom_block":
+        return K.Sequential([
+            K.Input((8, 8)), L.Dense(16, name="embed"), _residual_mlp(K)(32, name="block"), L.Flatten(name="flatten"),
             L.Dense(10, name="head"),
         ], name=kind)
     rnn = {
@@ -94,9 +139,22 @@ def _prune(data, run_name, kind):
                shuffle=False, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
     out = {}
     for wrapper in pruned.layers:
-        for weight, mask, _ in getattr(wrapper, "pruning_vars", []):
-            out[f"{run_name}|{kind}:{wrapper.layer.name}/{_label(wrapper.layer, weight)}"] = mask.numpy()
+        pruning_vars = getattr(wrapper, "pruning_vars", [])
+        labels = [_label(wrapper.layer, weight) for weight, _, _ in pruning_vars]
+        if len(set(labels)) < len(labels):
+            # tf_keras names a custom layer's sublayer variables under the layer's scope only ('block/kernel'
+            # twice): label them by the sublayer that owns them.
+            labels = [_owner_label(wrapper.layer, weight, tf_keras) for weight, _, _ in pruning_vars]
+        for (weight, mask, _), label in zip(pruning_vars, labels):
+            out[f"{run_name}|{kind}:{wrapper.layer.name}/{label}"] = mask.numpy()
     return out
+
+
+def _owner_label(layer, weight, tf_keras):
+    for sub in layer.submodules:
+        if isinstance(sub, tf_keras.layers.Layer) and any(w is weight for w in sub.weights):
+            return f"{sub.name}/{weight.name.split(':')[0].split('/')[-1]}"
+    raise ValueError(f"no sublayer of {layer.name} owns {weight.name}")
 
 
 def main():
