@@ -25,6 +25,14 @@ def all_sublayers(layer):
     return list(layer._flatten_layers(include_self=True, recursive=True))  # private: no public accessor
 
 
+def relative_path(layer, variable):
+    """`variable`'s path below `layer` ('kernel', 'self_attention_layer/query/kernel'), else its name."""
+    parts = variable.path.split("/")
+    if layer.name in parts[:-1]:
+        return "/".join(parts[parts.index(layer.name) + 1:])
+    return variable.name
+
+
 def is_keras_layer(layer):
     """Whether `layer`'s class is one of Keras's own (as opposed to a custom or KerasHub layer)."""
     return type(layer).__module__.split(".")[0] == "keras"

@@ -61,6 +61,21 @@ def _check_arguments(model, path, quantization, input_type, output_type, on_mism
         check_folder(path)
 
 
+def _float_ops_message(float_ops, qat, calibrated, shown=8):
+    listed = ", ".join(f"{op} (tensor '{name}')" for op, name in float_ops[:shown])
+    more = f" and {len(float_ops) - shown} more" if len(float_ops) > shown else ""
+    head = (f"The converter left {len(float_ops)} float ops in quantization='int8' mode, so the file is not full "
+            f"integer: {listed}{more}. Tensor names carry the Keras layer names.")
+    if qat and not calibrated:
+        return (head + " These tensors have no range the QAT model learned: they are computed inside layers, "
+                "between the quantized ones (e.g. attention scores inside MultiHeadAttention or a custom layer). "
+                "Pass representative_data (100-500 typical inputs): the converter calibrates only those tensors "
+                "and keeps every QAT range. Or pass allow_float_ops=True to keep them float.")
+    return (head + " TFLite has no int8 kernel for these ops, or no range reached them: leave those layers float "
+            "(quantize_model(..., float_layers=[...]) or a QuantizeConfig for a custom layer), convert with "
+            "quantization='int16x8', or pass allow_float_ops=True.")
+
+
 def _convert(model, quantization, calibration, input_type, output_type):
     import tensorflow as tf
 
@@ -240,13 +255,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     if quantization == "int8" and not allow_float_ops:
         info = inspect(content)
         if info.float_ops:
-            raise ValueError(
-                "The converter left float ops in quantization='int8' mode, so the model is not full integer: "
-                + ", ".join(f"{op} (tensor '{name}')" for op, name in info.float_ops)
-                + ". Quantize those layers (a QuantizeConfig for custom layers)"
-                + (", or pass representative_data: the converter then calibrates the tensors that no QAT range "
-                   "covers" if qat and calibration is None else "")
-                + "; or pass allow_float_ops=True.")
+            raise ValueError(_float_ops_message(info.float_ops, qat, calibration is not None))
 
     report = None
     if validate:

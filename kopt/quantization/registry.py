@@ -72,6 +72,10 @@ def default_config(layer):
             return Default8BitQuantizeConfig(**kwargs, activation_attrs=["activation"], quantize_output=False)
     if isinstance(layer, L.Activation):
         return Default8BitQuantizeConfig([], ["activation"], False)
+    if isinstance(layer, L.Embedding):
+        # An int8 table, symmetric per tensor: TFLite's GATHER keeps its scale, so the output needs no range of
+        # its own, and a pruned table keeps its zeros through QAT (preserve_sparsity masks quantized weights).
+        return Default8BitQuantizeConfig(["embeddings"], [], False)
     if isinstance(layer, L.MultiHeadAttention) or quantizes_sublayers(layer):
         return SublayerQuantizeConfig()  # the kernels of the layers it holds, and its output
     return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, other custom layers

@@ -7,7 +7,7 @@ from keras import ops
 
 from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
 from kopt._keras.distribution import same_on_every_replica
-from kopt._keras.sublayers import deserialize_layer
+from kopt._keras.sublayers import deserialize_layer, relative_path
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -127,10 +127,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self._weights_and_quantizers = self.quantize_config.get_weights_and_quantizers(self.layer)
         self._weight_states, self.sparsity_masks = [], []
         for variable, quantizer in self._weights_and_quantizers:
-            self._weight_states.append(quantizer.build(self, variable.shape, variable.name))
+            # Named by the path below the layer: 'kernel', or 'query_kernel' for a sublayer's in a custom layer.
+            label = relative_path(self.layer, variable).replace("/", "_")
+            self._weight_states.append(quantizer.build(self, variable.shape, label))
             if self.preserve_sparsity:
                 self.sparsity_masks.append(self.add_weight(
-                    name=f"{variable.name}_sparsity_mask", shape=variable.shape, initializer="ones",
+                    name=f"{label}_sparsity_mask", shape=variable.shape, initializer="ones",
                     trainable=False, aggregation="only_first_replica",
                 ))
         self._activation_state = (

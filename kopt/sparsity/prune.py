@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model
+from kopt._keras.sublayers import is_keras_layer
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity
 from kopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_params
@@ -53,6 +54,14 @@ def prune_low_magnitude(
     `recurrent_kernel` of LSTM, GRU and SimpleRNN (and of `keras.layers.RNN`
     with LSTMCell/GRUCell/SimpleRNNCell cells, stacked or not). Biases and
     normalization weights stay dense.
+
+    Custom layers (KerasHub's TransformerEncoder, ViT blocks, your own) are
+    pruned through the layers they hold as attributes: each of those kernels
+    gets its own mask, as if the sublayer were wrapped (what tfmot does for a
+    `PrunableLayer` returning them). The custom layer is wrapped whole, so its
+    own `call` and config stay as they are. Weights a custom layer creates
+    itself (e.g. a position embedding) stay dense and are named in a log line:
+    a `PrunableLayer` says what to prune instead.
 
     DepthwiseConv1D/2D kernels are not pruned by default: tfmot deliberately
     leaves them dense (each channel has only a few weights, so pruning them
@@ -158,14 +167,15 @@ def _prune_listed_layer(layer, params, prune_depthwise, left_dense):
 
 
 def _prune_model(model, params, prune_depthwise):
-    left_out, left_dense = [], []
+    left_out, left_dense, custom = [], [], []
 
     def wrap(layer):
         if isinstance(layer, PruneLowMagnitude):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_wrapper(layer)
         if isinstance(layer, keras.Model) or not registry.is_prunable(layer):
             if layer.weights:
-                left_out.append(_describe(layer))
+                (left_out if is_keras_layer(layer) or isinstance(layer, keras.Model) else custom).append(
+                    _describe(layer))
             # A subclassed model nested inside cannot be cloned: it is shared as it is.
             return layer if isinstance(layer, keras.Model) else copy_layer(layer)
         if not prune_depthwise and not registry.is_pruned_by_default(layer):
@@ -176,6 +186,11 @@ def _prune_model(model, params, prune_depthwise):
     pruned = rewrite_model(model, wrap)
     if left_out:
         logger.info("prune_low_magnitude: left unpruned (not prunable): %s", ", ".join(left_out))
+    if custom:
+        logger.info(
+            "prune_low_magnitude: custom layers with weights of their own that kopt does not prune: %s. To prune "
+            "them, subclass kopt.sparsity.PrunableLayer and return them from get_prunable_weights().",
+            ", ".join(custom))
     _log_left_dense(left_dense)
     return pruned
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from kopt._keras.sublayers import is_keras_layer, sublayers
+from kopt._keras.sublayers import is_keras_layer, relative_path, sublayers
 from kopt.sparsity.prunable_layer import PrunableLayer
 
 L = keras.layers
@@ -129,10 +129,7 @@ def _as_variable(layer, value, attribute):
 
 def path_label(layer, weight):
     """A custom layer's weight named by its path below `layer` ('kernel', 'inner/kernel'), else its name."""
-    parts = weight.path.split("/")
-    if layer.name in parts[:-1]:
-        return "/".join(parts[parts.index(layer.name) + 1:])
-    return weight.name
+    return relative_path(layer, weight)
 
 
 def _rnn_weights(layer):
