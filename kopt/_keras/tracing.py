@@ -5,10 +5,12 @@ convert; within `traceable_for_tf2onnx` they are changed for the layers of the m
 None changes what the model computes (beyond float rounding).
 
 - Keras's `Normalization` layer keeps its `mean` and `variance` as plain tensors (computed from its weights
-  in `build`/`finalize_state`; undocumented attributes, read here because nothing public reaches them). A
-  traced function captures such tensors as inputs, and tf2onnx leaves them as extra ONNX graph inputs
-  (e.g. `normalization_1/Sub/y:0`) that onnxruntime then demands: every keras.applications EfficientNet
-  has such a layer. Held as NumPy arrays, they are embedded in the graph as constants.
+  in `build`/`finalize_state`; undocumented attributes, read here because nothing public reaches them), and
+  so do custom layers (KerasHub's `ViTPatchingAndEmbedding` its `position_ids`). A traced function captures
+  such tensors as inputs, and tf2onnx leaves them as extra ONNX graph inputs (e.g.
+  `normalization_1/Sub/y:0`) that onnxruntime then demands: every keras.applications EfficientNet has such a
+  layer. Every tensor attribute of every layer (not a variable) is held as a NumPy array for the trace, and
+  embedded in the graph as a constant.
 - A grouped convolution (`Conv2D(groups > 1)`, e.g. ConvNeXt's depthwise convolutions) runs, on the
   TensorFlow backend, inside a `tf.function(jit_compile=True)` (Keras works around grouped convolutions that
   TensorFlow's CPU kernels lack). tf2onnx does not inline that call and leaves a `StatefulPartitionedCall`
@@ -24,18 +26,19 @@ import contextlib
 
 import keras
 
-from kopt._keras.clone import walk_layers
+from kopt._keras.sublayers import all_sublayers
 
 _TENSOR_ATTRIBUTES = {keras.layers.Normalization: ("mean", "variance")}
 _GROUPED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def _layers(model):
-    """Every layer of `model`, nested models and the layers inside wrappers (e.g. QAT wrappers) included."""
-    for layer in walk_layers(model):
-        while layer is not None:
-            yield layer
-            layer = layer.layer if isinstance(layer, keras.layers.Wrapper) else None
+    """Every layer of `model`: nested models, the layers inside wrappers (QAT wrappers) and inside custom layers."""
+    return all_sublayers(model)
+
+
+def _is_plain_tensor(value):
+    return value is not None and not isinstance(value, keras.Variable) and keras.ops.is_tensor(value)
 
 
 def _plain_convolution(layer):
@@ -69,15 +72,14 @@ def traceable_for_tf2onnx(model):
     saved, overridden = [], []
     try:
         for layer in _layers(model):
-            for kind, names in _TENSOR_ATTRIBUTES.items():
-                if not isinstance(layer, kind):
+            names = set(_TENSOR_ATTRIBUTES.get(type(layer), ()))
+            names.update(name for name, value in vars(layer).items() if _is_plain_tensor(value))
+            for name in sorted(names):
+                value = getattr(layer, name, None)
+                if not _is_plain_tensor(value):
                     continue
-                for name in names:
-                    value = getattr(layer, name, None)
-                    if value is None or isinstance(value, keras.Variable) or not keras.ops.is_tensor(value):
-                        continue
-                    saved.append((layer, name, value))
-                    setattr(layer, name, keras.ops.convert_to_numpy(value))
+                saved.append((layer, name, value))
+                setattr(layer, name, keras.ops.convert_to_numpy(value))
             if getattr(layer, "activation", None) is keras.activations.gelu:
                 saved.append((layer, "activation", layer.activation))
                 layer.activation = _gelu_with_erf

@@ -287,7 +287,9 @@ def evaluate(tflite, x, y, batch_size=256):
 
     Args:
         tflite: the model's bytes or a path.
-        x: inputs, float (int8 models are quantized with the file's input parameters).
+        x: inputs, float (int8 models are quantized with the file's input parameters); for a model with several
+            inputs (token ids, padding mask ...), a dict from signature input name to array (a model from
+            `to_tflite` names them as the Keras inputs). A file with several outputs is scored on its first.
         y: integer labels, or one-hot labels.
         batch_size: samples per interpreter call.
 
@@ -300,12 +302,19 @@ def evaluate(tflite, x, y, batch_size=256):
     accuracy = kopt.convert.evaluate(kopt.convert.to_tflite(model, quantization=None, validate=False), x, y.argmax(-1))
     ```
     """
-    x = np.asarray(x)
     y = np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"`x` has {len(x)} samples but `y` has {len(y)}.")
+    if isinstance(x, dict):
+        counts = {len(v) for v in x.values()}
+        if counts != {len(y)}:
+            raise ValueError(f"`x` has {sorted(counts)} samples per input but `y` has {len(y)}.")
+        predictions = next(iter(run_signature(tflite, x, batch_size).values()))
+    else:
+        x = np.asarray(x)
+        if len(x) != len(y):
+            raise ValueError(f"`x` has {len(x)} samples but `y` has {len(y)}.")
+        predictions = run(tflite, x, batch_size)
     labels = y.argmax(-1) if y.ndim > 1 else y
-    return float(np.mean(run(tflite, x, batch_size).argmax(-1) == labels))
+    return float(np.mean(predictions.argmax(-1) == labels))
 
 
 @dataclasses.dataclass
@@ -352,9 +361,11 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
     rng = np.random.default_rng(0)
     for inp in it.get_input_details():
         shape = [int(d) for d in inp["shape"]]
-        if np.issubdtype(inp["dtype"], np.integer):
+        if np.issubdtype(inp["dtype"], np.integer) and inp["quantization"][0]:  # a quantized float input
             info = np.iinfo(inp["dtype"])
             data = rng.integers(info.min, info.max + 1, size=shape).astype(inp["dtype"])
+        elif np.issubdtype(inp["dtype"], np.integer):  # token ids, masks: 1 is a valid id and "not masked"
+            data = np.ones(shape, inp["dtype"])
         else:
             data = rng.random(shape).astype(inp["dtype"])
         it.set_tensor(inp["index"], data)
