@@ -50,14 +50,38 @@ def copy_layer(layer, weights=None):
         A layer whose config holds keys its constructor does not take (e.g.
         KerasHub's `ViTPatchingAndEmbedding`) is rebuilt without them.
     """
+    try:
+        return _rebuilt(layer, weights)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot copy layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}): rebuilding it "
+            f"from its config failed ({type(error).__name__}: {str(error).splitlines()[0][:300]}). kopt rebuilds each "
+            "layer of the model from its config, so the original model is never modified. Fix the layer's "
+            "get_config() so that `type(layer).from_config(layer.get_config())` gives the same layer, or leave it "
+            "out of the model you optimize.") from error
+
+
+def _rebuilt(layer, weights):
     new = layer_from_config(layer.__class__, layer.get_config())
     if layer.built:
         build_config = layer.get_build_config()
-        if build_config is not None:
+        if build_config is not None and not new.built:  # as Keras's loader: some layers build in __init__
             new.build_from_config(build_config)
+        if len(new.weights) != len(layer.weights) and build_config and "input_shape" in build_config:
+            # A layer with no build() whose sublayers create their weights on its first call (KerasHub's
+            # RelativeEmbedding): called once on a symbolic input of its build shape instead.
+            new = layer_from_config(layer.__class__, layer.get_config())
+            new(keras.KerasTensor(build_config["input_shape"], dtype=_input_dtype(layer)))
         if new.built:
             new.set_weights(layer.get_weights() if weights is None else weights)
     return new
+
+
+def _input_dtype(layer):
+    try:
+        return layer.input.dtype  # a layer of a Functional graph
+    except (AttributeError, ValueError):
+        return layer.compute_dtype
 
 
 def _subclassed_error(model, inner):

@@ -52,12 +52,14 @@ class SublayerQuantizeConfig(QuantizeConfig):
             super().__init__(**kwargs)
             self.inner = keras.layers.Dense(8)
 
+        def build(self, input_shape):
+            self.inner.build(input_shape)
+
         def call(self, x):
             return x + self.inner(x)
 
     block = Block()
     block.build((None, 8))
-    block.inner.build((None, 8))
     config = kopt.quantization.SublayerQuantizeConfig()
     assert [v.path for v, _ in config.get_weights_and_quantizers(block)] == [block.inner.kernel.path]
     ```

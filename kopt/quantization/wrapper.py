@@ -7,7 +7,7 @@ from keras import ops
 
 from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
 from kopt._keras.distribution import same_on_every_replica
-from kopt._keras.sublayers import deserialize_layer, relative_path
+from kopt._keras.sublayers import deserialize_layer, is_keras_layer, relative_path
 from kopt.quantization.quantize_config import QuantizeConfig
 
 # Activations TFLite computes with a fixed output range: quantize their input, not their output.
@@ -146,7 +146,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 and _activation_name(self.activation) not in _FUSED + _PRE_QUANTIZED):
             self._pre_activation_state = self._activation_quantizer.build(self, (), "pre_activation")
         self._output_quantizers = list(self.quantize_config.get_output_quantizers(self.layer))
-        self._output_states = [q.build(self, (), f"output_{i}") for i, q in enumerate(self._output_quantizers)]
+        # A layer with several outputs (a custom layer returning a tuple) gets a range per float output.
+        outputs = self._float_output_count(input_shape) if self._output_quantizers else 1
+        self._output_states = [
+            [q.build(self, (), f"output_{i}" if j == 0 else f"output_{i}_{j}") for j in range(outputs)]
+            for i, q in enumerate(self._output_quantizers)]
         self.built = True
 
     def effective_weights(self):
@@ -185,9 +189,31 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 if self.quantize_output:
                     outputs = self._activation_quantizer(outputs, training, self._activation_state)
         if self.quantize_output:
-            for quantizer, state in zip(self._output_quantizers, self._output_states):
-                outputs = quantizer(outputs, training, state)
+            for quantizer, states in zip(self._output_quantizers, self._output_states):
+                outputs = self._quantize_outputs(quantizer, states, outputs, training)
         return outputs
+
+    def _float_output_count(self, input_shape):
+        if input_shape is None or isinstance(self.layer, keras.layers.Activation) or is_keras_layer(self.layer):
+            return 1
+        try:
+            spec = self.layer.compute_output_spec(keras.KerasTensor(input_shape, dtype=self.layer.compute_dtype))
+        except Exception:  # several inputs, or a shape it cannot take: one output, as most layers have
+            return 1
+        return max(1, sum(keras.backend.is_float_dtype(t.dtype) for t in keras.tree.flatten(spec)))
+
+    @staticmethod
+    def _quantize_outputs(quantizer, states, outputs, training):
+        if keras.ops.is_tensor(outputs) or len(states) == 1 and not isinstance(outputs, (tuple, list, dict)):
+            return quantizer(outputs, training, states[0])
+        flat, index = keras.tree.flatten(outputs), 0
+        quantized = []
+        for tensor in flat:
+            if keras.backend.is_float_dtype(tensor.dtype) and index < len(states):
+                tensor = quantizer(tensor, training, states[index])
+                index += 1
+            quantized.append(tensor)
+        return keras.tree.pack_sequence_as(outputs, quantized)
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)
