@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from kopt._keras.tracing import traceable_for_tf2onnx
+from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.precision import as_float32
 from kopt.convert import data as data_lib
 from kopt.convert import onnx_info, onnx_weights
@@ -64,6 +65,7 @@ def _check_arguments(model, path, opset, on_mismatch, max_samples):
         raise ValueError(
             f"`model` ('{model.name}') must be built with known inputs: give it a keras.Input (e.g. "
             "keras.Sequential([keras.Input((8,)), ...]) or a Functional model), so its input signature is known.")
+    reject_string_inputs(model, "model", "convert")
     if opset is not None:
         newest = max_opset()
         if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= newest:

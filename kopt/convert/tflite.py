@@ -7,6 +7,7 @@ import tempfile
 
 import keras
 
+from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.precision import as_float32
 from kopt.convert import data as data_lib
 from kopt.convert import validate as validate_lib
@@ -40,6 +41,7 @@ def _check_arguments(model, path, quantization, input_type, output_type, on_mism
         raise ValueError(f"`model` must be a Keras 3 keras.Model, got {type(model).__module__}.{type(model).__name__}.")
     if not model.built or not getattr(model, "inputs", None):
         raise ValueError(f"`model` ('{model.name}') must be built with known inputs: give it a keras.Input.")
+    reject_string_inputs(model, "model", "convert")
     if quantization not in MODES:
         raise ValueError(f"`quantization` must be one of {MODES}, got {quantization!r}. "
                          "Use 'int8' for full-integer models (edge devices), None for float32.")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from kopt._keras.clone import consumers, copy_layer, is_graph_model, is_layer, rewrite_model, walk_layers
+from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.operations import is_shape_operation
 from kopt.quantization import registry, transforms
 from kopt.quantization.integer_forms import integer_form
@@ -26,6 +27,7 @@ def _check_model(model, name):
     if not model.built:
         raise ValueError(
             f"`{name}` ('{model.name}') is not built: give it a keras.Input or call it on data once first.")
+    reject_string_inputs(model, name, "quantize")
 
 
 def quantize_annotate_layer(to_annotate, quantize_config=None):

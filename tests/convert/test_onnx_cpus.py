@@ -32,7 +32,8 @@ import numpy as np
 import onnxruntime
 session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 x = np.load(sys.argv[2])
-feed = {session.get_inputs()[0].name: x.astype(np.float32)}
+spec = session.get_inputs()[0]
+feed = {spec.name: x.astype(np.int32 if spec.type == "tensor(int32)" else np.float32)}
 np.save(sys.argv[3], session.run(None, feed)[0])
 """
 
@@ -82,12 +83,33 @@ def _patterns():
     return {"conv_relu_gap_dense": conv_relu, "batchnorm_depthwise": batchnorm_depthwise}
 
 
+def _transformer():
+    """Token ids -> Embedding -> MultiHeadAttention -> LayerNormalization -> GELU MLP -> LayerNormalization -> Dense."""
+    L = keras.layers
+    ids = keras.Input((16,), dtype="int32", name="ids")
+    h = L.Embedding(64, 32)(ids)
+    h = L.LayerNormalization()(h + L.MultiHeadAttention(2, 16)(h, h))
+    h = L.LayerNormalization()(h + L.Dense(32)(L.Dense(64, activation="gelu")(h)))
+    return keras.Model(ids, L.Dense(2)(L.GlobalAveragePooling1D()(h)))
+
+
+def _token_data():
+    x = np.random.default_rng(0).integers(0, 64, (712, 16)).astype("int32")
+    y = (x[:, 0] > 32).astype("int32")
+    return (x[:512], y[:512]), (x[512:], y[512:])
+
+
 @functools.cache
 def _qat_file(pattern):
-    (x_train, y_train), (x_test, _) = load_digits()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), *_patterns()[pattern],
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    if pattern == "transformer":
+        (x_train, y_train), (x_test, _) = _token_data()
+        keras.utils.set_random_seed(0)
+        model = _transformer()
+    else:
+        (x_train, y_train), (x_test, _) = load_digits()
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 1)), *_patterns()[pattern],
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
     model.compile(keras.optimizers.Adam(3e-3), LOSS)
     model.fit(x_train, y_train, batch_size=32, epochs=4, verbose=0)
     qat = quantization.quantize_model(model)
@@ -98,7 +120,7 @@ def _qat_file(pattern):
     return qat.predict(x, verbose=0), result, x
 
 
-@pytest.fixture(params=sorted(_patterns()))
+@pytest.fixture(params=sorted(_patterns()) + ["transformer"])
 def qat_file(request):
     return _qat_file(request.param)
 
@@ -111,7 +133,11 @@ def test_qat_file_agrees_on_cpus_without_vnni(qat_file, cpu, tmp_path):
     # The validation threshold the file passed on this machine holds on the emulated CPU too.
     assert sqnr(reference, got) >= result.report.min_sqnr_db
     assert np.mean(reference.argmax(-1) == got.argmax(-1)) >= 0.97
-    assert sqnr(native, got) > 45  # the emulated CPU and this one compute (nearly) the same integers
+    if len(x.shape) == 4:  # CNNs: integer kernels only, so the two CPUs compute (nearly) the same integers
+        assert sqnr(native, got) > 45
+    else:  # the transformer runs softmax, GELU and LayerNormalization in float between Q/DQ pairs, whose rounding
+        # differs between AVX2 and AVX-512 kernels (measured 35.6 dB apart): as close as the file is to its model
+        assert sqnr(native, got) >= result.report.min_sqnr_db
 
 
 def test_the_emulation_exposes_u8s8_saturation(tmp_path):

@@ -139,3 +139,15 @@ def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path):
     got = litert(result, held)
     (got,) = got.values()
     assert np_sqnr(qat.predict(held, verbose=0), got) > 20  # measured 46.9 dB for the unpruned model
+
+
+def test_a_model_that_takes_strings_gets_a_clear_error(tmp_path):
+    text = keras.Input((1,), dtype="string", name="text")
+    ids = L.TextVectorization(vocabulary=["sport", "music"], output_sequence_length=4)(text)
+    model = keras.Model(text, L.Dense(2)(L.GlobalAveragePooling1D()(L.Embedding(4, 8)(ids))))
+    for call in (lambda: quantization.quantize_model(model),
+                 lambda: convert.to_tflite(model, tmp_path / "m.tflite", quantization=None),
+                 lambda: convert.to_onnx(model, tmp_path / "m.onnx")):
+        with pytest.raises(ValueError, match=r"takes strings \(inputs \['text'\]\).*preprocessor=None"):
+            call()
+    assert not list(tmp_path.iterdir())
