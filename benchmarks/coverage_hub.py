@@ -1,7 +1,8 @@
 """Every KerasHub family with a classifier task through kopt: prune, QAT int8, post-training int8 and QDQ ONNX.
 
 Each family is a tiny random-weight model built from its constructors (benchmarks/hub_families.py; nothing is
-downloaded), trained for a few steps on synthetic data, then:
+downloaded), text models called on a fixed sequence length of 16 (`with_fixed_length`), trained for a few steps on
+synthetic data, then:
 - prune: `prune_low_magnitude` at 50% (ConstantSparsity, every step), one epoch, `strip_pruning`. Reported: the
   kernels pruned to 50% out of every Dense / EinsumDense / Conv* / Embedding kernel of the model (counted on the
   model's own layers, at any depth; depthwise kernels are left dense by default, as tfmot does), and whether the
@@ -46,6 +47,27 @@ def synthetic(model, n, seed=0):
     data = {"token_ids": rng.integers(1, VOCAB, (n, length)).astype("int32") * mask, "padding_mask": mask,
             "segment_ids": np.zeros((n, length), "int32")}
     return {name: data[name] for name in names}
+
+
+def with_fixed_length(model):
+    """A text model called on inputs of a fixed sequence length, as a deployed model takes them.
+
+    KerasHub's backbones leave the length open; then the positions and causal masks they compute (RANGE, CAST,
+    ABS on position ids) stay ops of the file, which have no int8 kernels. With the length fixed the converter
+    folds them into constants.
+    """
+    import keras
+    from hub_families import SEQ_LEN
+
+    if not any("int" in str(t.dtype) for t in model.inputs):
+        return model
+    inputs = {t.name: keras.Input((SEQ_LEN,), dtype=t.dtype, name=t.name) for t in model.inputs}
+    structure = model.input
+    if isinstance(structure, dict):
+        args = {key: inputs[tensor.name] for key, tensor in structure.items()}
+    else:
+        args = [inputs[t.name] for t in model.inputs]
+    return keras.Model(inputs, model(args), name=f"{model.name}_fixed_length")
 
 
 def _take(x, start, stop):
@@ -96,7 +118,7 @@ def measure(name):
     from kopt import convert, quantization, sparsity
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model, _ = FAMILIES[name]()
+    model = with_fixed_length(FAMILIES[name]()[0])
     x = synthetic(model, SAMPLES)
     y = np.random.default_rng(1).integers(0, 2, SAMPLES)
     model.compile(keras.optimizers.Adam(1e-3), loss)

@@ -85,6 +85,19 @@ def _fraction(text):
     return value
 
 
+def _input_shape(text):
+    """NAME=D1[,D2...] -> (name, (d1, ...))."""
+    name, _, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=D1[,D2...] with positive sizes, e.g. token_ids=128, got "
+                                         f"{text!r}")
+    return name, shape
+
+
 def _image_folder(path, model):
     import keras
     import numpy as np
@@ -260,7 +273,7 @@ def _bench(args):
 
     with _Step(f"timing {args.runs} runs after {args.warmup} warm-up runs"):
         result = convert.benchmark(args.file, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, input_shapes=dict(args.input_shape or []))
     line = {"file": args.file, "threads": result.threads, "runs": result.runs, "batch_size": args.batch_size,
             "median_ms": round(result.median_ms, 4), "mean_ms": round(result.mean_ms, 4)}
     line.update(p10_ms=round(result.p10_ms, 4), p90_ms=round(result.p90_ms, 4), stdev_ms=round(result.stdev_ms, 4))
@@ -356,6 +369,9 @@ def build_parser():
     bench.add_argument("--runs", type=_positive, default=50, help="timed runs (default 50)")
     bench.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs first (default 5)")
     bench.add_argument("--batch-size", type=_positive, default=1, help="batch size (default 1)")
+    bench.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=D1[,D2...]",
+                       help="shape without the batch dimension of an input whose size the file leaves open, e.g. "
+                            "--input-shape token_ids=128 (repeat for each such input)")
     bench.add_argument("--json", action="store_true", help="print one JSON line")
     bench.set_defaults(run=_bench)
 

@@ -282,6 +282,15 @@ def run(tflite, x, batch_size=256):
     return np.concatenate(results)
 
 
+def _signature_input_names(it):
+    """`{tensor index: signature input name}` (empty for a file without a signature)."""
+    signatures = it.get_signature_list()
+    if not signatures:
+        return {}
+    runner = it.get_signature_runner(next(iter(signatures)))
+    return {details["index"]: name for name, details in runner.get_input_details().items()}
+
+
 def evaluate(tflite, x, y, batch_size=256):
     """Top-1 accuracy of a classifier .tflite model on `(x, y)`, run in batches.
 
@@ -333,7 +342,7 @@ class BenchmarkResult:
         return self.median_ms
 
 
-def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
+def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1, input_shapes=None):
     """Median CPU latency of one inference with LiteRT's default (XNNPACK) CPU kernels.
 
     Args:
@@ -342,6 +351,9 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
         runs: timed invocations.
         warmup: untimed invocations first.
         batch_size: batch size of the timed input.
+        input_shapes: shapes without the batch dimension for inputs whose other dimensions are not fixed in the
+            file (a transformer's sequence length): a dict from signature input name (the Keras input's name)
+            to a tuple, e.g. `{"token_ids": (128,), "padding_mask": (128,)}`. Required for such inputs.
 
     Returns:
         A `BenchmarkResult` (`float(result)` is the median in ms).
@@ -355,8 +367,25 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1):
     if runs < 1:
         raise ValueError(f"`runs` must be >= 1, got {runs}.")
     it = interpreter(tflite, threads=threads)
+    names = _signature_input_names(it)
+    input_shapes = dict(input_shapes or {})
+    unknown = sorted(set(input_shapes) - set(names.values()))
+    if unknown:
+        raise ValueError(f"`input_shapes` names inputs the file does not have: {unknown}; its inputs are "
+                         f"{sorted(names.values())}.")
     for inp in it.get_input_details():  # every input, so multi-input models run on defined data
-        it.resize_tensor_input(inp["index"], [batch_size] + [int(d) for d in inp["shape"][1:]])
+        name = names.get(inp["index"], inp["name"])
+        if name in input_shapes:
+            shape = [batch_size] + [int(d) for d in input_shapes[name]]
+        else:
+            signature = inp.get("shape_signature", inp["shape"])
+            if any(int(d) < 0 for d in signature[1:]):
+                raise ValueError(
+                    f"Input '{name}' of the file has dimensions that are not fixed ({tuple(signature)}), e.g. a "
+                    f"sequence length: pass input_shapes={{'{name}': (...)}} with the shape to time, without the "
+                    "batch dimension.")
+            shape = [batch_size] + [int(d) for d in inp["shape"][1:]]
+        it.resize_tensor_input(inp["index"], shape)
     it.allocate_tensors()
     rng = np.random.default_rng(0)
     for inp in it.get_input_details():

@@ -47,6 +47,9 @@ class QuantizeConfig(abc.ABC):
     def set_quantize_activations(self, layer, quantize_activations):
         """Optional hook; kopt quantizes around `layer.activation` itself."""
 
+    def prepare(self, layer):
+        """Optional hook (kopt): called once when the QAT wrapper around `layer` is built, and again on loading."""
+
     @abc.abstractmethod
     def get_output_quantizers(self, layer):
         """Returns `[quantizer]` applied to the layer's output (at most one)."""

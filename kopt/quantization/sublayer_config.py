@@ -2,7 +2,7 @@
 
 import keras
 
-from kopt._keras.sublayers import is_keras_layer, sublayers
+from kopt._keras.sublayers import all_sublayers, is_keras_layer, sublayers
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.quantizers import ActivationQuantizer
 
@@ -71,6 +71,9 @@ class SublayerQuantizeConfig(QuantizeConfig):
         return [pair for sub, config in _weighted_sublayers(layer, default_config)
                 for pair in config.get_weights_and_quantizers(sub)]
 
+    def prepare(self, layer):
+        freeze_batch_normalization(layer)
+
     def get_activations_and_quantizers(self, layer):
         return []
 
@@ -93,3 +96,18 @@ def quantizes_sublayers(layer):
     if is_keras_layer(layer) or isinstance(layer, (keras.Model, keras.layers.Wrapper)) or not layer.built:
         return False
     return bool(_weighted_sublayers(layer, default_config))
+
+
+def freeze_batch_normalization(layer):
+    """Makes the BatchNormalization layers inside `layer` normalize with their moving statistics, in training too.
+
+    QAT learns output ranges in training. A BatchNormalization that normalizes each training batch by its own
+    statistics gives other values than in inference, where it uses its moving statistics: the ranges learned do
+    not fit the file (a briefly trained KerasHub MobileNet's QAT file disagreed with its model at -11 dB; its
+    blocks hold their BatchNormalization layers). Frozen (`trainable=False`, which Keras 3 runs in inference mode),
+    they compute in training what the file computes, as the BatchNormalization layers QAT folds into a model's
+    convolutions do.
+    """
+    for sub in all_sublayers(layer):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            sub.trainable = False

@@ -124,6 +124,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
+        self.quantize_config.prepare(self.layer)
         self._weights_and_quantizers = self.quantize_config.get_weights_and_quantizers(self.layer)
         self._weight_states, self.sparsity_masks = [], []
         for variable, quantizer in self._weights_and_quantizers:

@@ -151,3 +151,23 @@ def test_a_model_that_takes_strings_gets_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match=r"takes strings \(inputs \['text'\]\).*preprocessor=None"):
             call()
     assert not list(tmp_path.iterdir())
+
+
+def test_benchmark_of_a_file_with_an_open_sequence_length(tmp_path, capsys):
+    from kopt import cli
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    model = keras.Model(ids, L.Dense(2)(L.GlobalAveragePooling1D()(L.Embedding(64, 256)(ids))))
+    path = tmp_path / "open_length.tflite"
+    convert.to_tflite(model, path, quantization=None, validation_data=tokens(32)[0])
+    # Before: timed silently at sequence length 1.
+    with pytest.raises(ValueError, match=r"Input 'ids'.*input_shapes=\{'ids'"):
+        convert.benchmark(path, runs=2)
+    assert convert.benchmark(path, runs=2, input_shapes={"ids": (128,)}).runs == 2
+    with pytest.raises(ValueError, match=r"names inputs the file does not have: \['tokens'\]"):
+        convert.benchmark(path, runs=2, input_shapes={"tokens": (128,)})
+    assert cli.main(["bench", str(path), "--runs", "2", "--input-shape", "ids=16", "--json"]) == 0
+    assert '"median_ms"' in capsys.readouterr().out
+    assert cli.main(["bench", str(path), "--runs", "2"]) == 2
+    assert "input_shapes" in capsys.readouterr().err
