@@ -3,7 +3,7 @@
 Four families cover what the others share: BERT (text encoder, TransformerEncoder), DeBERTa-v3 (a layer whose
 sublayers are built on its first call), ViT (a layer whose config does not round-trip, GELU and a position-id
 tensor inside custom layers) and GPT-2 (a decoder, classified on its last token). The full table of 21 families is
-in benchmarks/RESULTS.md. Each family runs in its own process.
+in benchmarks/RESULTS.md. Each family runs in its own process; text models take a fixed sequence length.
 """
 
 import json

@@ -1,17 +1,22 @@
 """`quantize_model`, `quantize_annotate_layer`, `quantize_annotate_model`, `quantize_apply` (tfmot's API)."""
 
+import logging
+
 import keras
 import numpy as np
 
 from kopt._keras.clone import consumers, copy_layer, is_graph_model, is_layer, rewrite_model, walk_layers
 from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.operations import is_shape_operation
+from kopt._keras.sublayers import is_keras_layer, sublayers
 from kopt.quantization import registry, transforms
 from kopt.quantization.integer_forms import integer_form
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.wrapper import QuantizeWrapper
 from kopt.sparsity.wrapper import PruneLowMagnitude
+
+logger = logging.getLogger("kopt")
 
 
 def _check_model(model, name):
@@ -156,6 +161,7 @@ def quantize_apply(model, *, preserve_sparsity=True):
             "or leave them float: `quantize_model(model, float_layers=[<names or classes>])` (their ops then "
             "stay float in the TFLite file).")
 
+    _log_custom_weights(model, is_quantized)
     folds, fused = transforms.plan(model, is_quantized)
     created = []
 
@@ -210,6 +216,26 @@ def quantize_apply(model, *, preserve_sparsity=True):
         if wrapper.built:
             wrapper.initialize_ranges()
     return qat
+
+
+def _log_custom_weights(model, is_quantized):
+    """Names the custom layers whose own weights the default scheme leaves float (no QuantizeConfig given)."""
+    custom = []
+    for wrapper in walk_layers(model):
+        if not is_quantized(wrapper) or wrapper.quantize_config is not None or is_keras_layer(wrapper.layer):
+            continue
+        layer = wrapper.layer
+        config = registry.default_config(layer)
+        reached = {id(v) for v, _ in config.get_weights_and_quantizers(layer)} if config is not None else set()
+        held = {id(w) for sub in sublayers(layer) for w in sub.weights}
+        own = [w for w in layer.trainable_weights if id(w) not in reached and id(w) not in held]
+        if own:
+            custom.append(f"{layer.name} ({type(layer).__name__}: {', '.join(w.name for w in own)})")
+    if custom:
+        logger.info(
+            "quantize_apply: custom layers with weights of their own that QAT leaves float: %s. The converter "
+            "quantizes them post-training; to train them quantized, annotate the layer with a QuantizeConfig "
+            "(quantize_annotate_layer(layer, quantize_config=...)).", "; ".join(custom))
 
 
 def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):

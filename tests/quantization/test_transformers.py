@@ -112,7 +112,7 @@ def bert_inputs(ids):
     return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
 
 
-def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path):
+def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path, caplog):
     x, y = tokens(640)
     data = bert_inputs(x)
     train = {k: v[:512] for k, v in data.items()}
@@ -120,7 +120,9 @@ def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path):
     pruned = sparsity.prune_low_magnitude(bert_classifier(), sparsity.ConstantSparsity(0.5, 0, frequency=1))
     pruned.compile(keras.optimizers.Adam(3e-3), LOSS)
     pruned.fit(train, y[:512], batch_size=32, epochs=3, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
-    qat = quantization.quantize_model(sparsity.strip_pruning(pruned))
+    with caplog.at_level("INFO", logger="kopt"):
+        qat = quantization.quantize_model(sparsity.strip_pruning(pruned))
+    assert "position_embedding (PositionEmbedding" in caplog.text and "QuantizeConfig" in caplog.text
     encoder = qat.get_layer("bert_backbone").get_layer("quant_transformer_layer_0")
     assert isinstance(encoder.quantize_config, quantization.SublayerQuantizeConfig)
     assert len(encoder.quantize_config.get_weights_and_quantizers(encoder.layer)) == 6  # q, k, v, o, 2 Dense
