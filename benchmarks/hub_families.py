@@ -93,82 +93,29 @@ def build_albert():
     return model, _text_inputs(backbone)
 
 
-def build_bert():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        **_TXT, max_sequence_length=SEQ_LEN
-    )
-    model = keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
+def _text_classifier(name, **config):
+    """`keras_hub.models.<name>Backbone(**config)` in a `<name>TextClassifier`, with sample inputs."""
+    def build():
+        keras.utils.set_random_seed(0)
+        backbone = getattr(keras_hub.models, f"{name}Backbone")(**config)
+        model = getattr(keras_hub.models, f"{name}TextClassifier")(
+            backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
+        )
+        return model, _text_inputs(backbone)
+
+    build.__name__ = f"build_{name.lower()}"
+    return build
 
 
-def build_deberta_v3():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.DebertaV3Backbone(
-        **_TXT, max_sequence_length=SEQ_LEN, bucket_size=8
-    )
-    model = keras_hub.models.DebertaV3TextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
-
-
-def build_distil_bert():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.DistilBertBackbone(
-        **_TXT, max_sequence_length=SEQ_LEN
-    )
-    model = keras_hub.models.DistilBertTextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
-
-
-def build_f_net():
-    keras.utils.set_random_seed(0)
-    kw = {k: v for k, v in _TXT.items() if k != "num_heads"}  # no attention
-    backbone = keras_hub.models.FNetBackbone(
-        **kw, max_sequence_length=SEQ_LEN
-    )
-    model = keras_hub.models.FNetTextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
-
-
-def build_roberta():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.RobertaBackbone(
-        **_TXT, max_sequence_length=SEQ_LEN
-    )
-    model = keras_hub.models.RobertaTextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
-
-
-def build_roformer_v2():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.RoformerV2Backbone(
-        **_TXT, head_size=16  # rotary positions: no max_sequence_length
-    )
-    model = keras_hub.models.RoformerV2TextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
-
-
-def build_xlm_roberta():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.XLMRobertaBackbone(
-        **_TXT, max_sequence_length=SEQ_LEN
-    )
-    model = keras_hub.models.XLMRobertaTextClassifier(
-        backbone=backbone, num_classes=NUM_CLASSES, preprocessor=None
-    )
-    return model, _text_inputs(backbone)
+build_bert = _text_classifier("Bert", **_TXT, max_sequence_length=SEQ_LEN)
+build_deberta_v3 = _text_classifier("DebertaV3", **_TXT, max_sequence_length=SEQ_LEN, bucket_size=8)
+build_distil_bert = _text_classifier("DistilBert", **_TXT, max_sequence_length=SEQ_LEN)
+build_f_net = _text_classifier(  # no attention
+    "FNet", **{k: v for k, v in _TXT.items() if k != "num_heads"}, max_sequence_length=SEQ_LEN)
+build_roberta = _text_classifier("Roberta", **_TXT, max_sequence_length=SEQ_LEN)
+# Rotary positions: no max_sequence_length.
+build_roformer_v2 = _text_classifier("RoformerV2", **_TXT, head_size=16)
+build_xlm_roberta = _text_classifier("XLMRoberta", **_TXT, max_sequence_length=SEQ_LEN)
 
 
 # --------------------------------------------------------------------------
