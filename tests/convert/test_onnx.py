@@ -284,21 +284,42 @@ def test_unsupported_op_is_named(tmp_path):
 
 
 class _Offset(keras.layers.Layer):
-    """Holds a tensor outside its weights: a traced function captures it (tf2onnx makes it a graph input)."""
+    """Holds a tensor outside its weights (as KerasHub's ViT holds its position ids): a traced function captures it,
+    and tf2onnx would make it a graph input."""
 
     def build(self, input_shape):
-        self.offset = keras.ops.ones(input_shape[1:])
+        self.offset = keras.ops.ones(input_shape[1:]) * 0.5
 
     def call(self, x):
         return x + self.offset
 
 
-def test_captured_tensors_are_named(tmp_path):
+class _Offsets(keras.layers.Layer):
+    """Holds its tensors in a list: the export does not reach them, so they stay captured."""
+
+    def build(self, input_shape):
+        self.offsets = [keras.ops.ones(input_shape[1:])]
+
+    def call(self, x):
+        return x + self.offsets[0]
+
+
+def test_tensor_attributes_become_constants(tmp_path):
     inputs = keras.Input((4,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(2)(_Offset(name="offset")(inputs)))
+    x = np.random.default_rng(0).random((16, 4)).astype("float32")
+    result = convert.to_onnx(model, tmp_path / "m.onnx", validation_data=x)
+    assert [i.name for i in onnx.load(tmp_path / "m.onnx").graph.input] == ["x"]  # not the captured tensor
+    np.testing.assert_allclose(ort_only(bytes(result), x), model.predict(x, verbose=0), atol=1e-5)
+    assert isinstance(model.get_layer("offset").offset, tf.Tensor)  # restored after the export
+
+
+def test_captured_tensors_are_named(tmp_path):
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2)(_Offsets(name="offsets")(inputs)))
     with pytest.raises(ValueError, match="inputs the model does not have") as error:
         convert.to_onnx(model, tmp_path / "m.onnx")
-    assert "offset" in str(error.value) and "add_weight" in str(error.value)
+    assert "offsets" in str(error.value) and "add_weight" in str(error.value)
     assert not os.listdir(tmp_path)
 
 
