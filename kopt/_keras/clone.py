@@ -13,6 +13,7 @@ no state, so they are carried over as they are, and so are `Lambda` layers
 """
 
 import keras
+import numpy as np
 
 from kopt._keras.calls import accepted_kwargs
 from kopt._keras.sublayers import layer_from_config
@@ -29,6 +30,111 @@ def _is_functional(obj):
     from keras.src.models.functional import Functional
 
     return isinstance(obj, Functional)
+
+
+def is_subclassed_model(obj):
+    """Whether `obj` is a subclassed `keras.Model` (its graph lives in its `call`, not in layers Keras can clone)."""
+    return isinstance(obj, keras.Model) and not is_graph_model(obj)
+
+
+def build_layer(layer, input_shape, dtype=None):
+    """Builds `layer` for inputs of `input_shape`, creating its weights.
+
+    A subclassed model creates its sublayers' weights only when called (its
+    default `build` creates none, and Keras's `build_from_config` creates them
+    without marking it built): it is called once on a symbolic input instead.
+
+    Args:
+        layer: an unbuilt layer.
+        input_shape: the shape (or nested structure of shapes) of its input.
+        dtype: the input's dtype for a symbolic call (the layer's compute
+            dtype by default).
+    """
+    if isinstance(layer, keras.Model) and not is_graph_model(layer):
+        dtype = dtype or layer.compute_dtype
+        layer(keras.tree.map_shape_structure(lambda shape: keras.KerasTensor(shape, dtype=dtype), input_shape))
+    else:
+        layer.build(input_shape)
+
+
+def as_graph_model(model, name, trace=False):
+    """`model` itself if it is Sequential/Functional, else a Functional model made of the subclassed `model`.
+
+    By default the Functional model has one layer, `model` itself, called on
+    inputs of the shape `model` was built with (its first call). With
+    `trace=True`, `model.call` is first traced on symbolic inputs: when it uses
+    only Keras layers and `keras.ops` (no TensorFlow ops, no Python branches on
+    tensor values), the result is a Functional graph of its layers, which
+    computes what `model` computes (checked on a random batch); otherwise the
+    one-layer form is returned.
+
+    The inputs are float, or int32 when the first layer `model` holds is an
+    Embedding (token ids). Build the Functional model yourself for other
+    inputs: `inputs = keras.Input(shape, dtype=...); keras.Model(inputs, model(inputs))`.
+
+    Args:
+        model: a `keras.Model`.
+        name: the argument's name, for the error.
+        trace: whether to trace `model.call` into a graph of its layers.
+
+    Raises:
+        ValueError: if a subclassed `model` was never built.
+    """
+    if is_graph_model(model):
+        return model
+    traced = traced_graph(model, name) if trace else None
+    if traced is not None:
+        return traced
+    inputs = _symbolic_inputs(model, name)
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _symbolic_inputs(model, name):
+    config = model.get_build_config() if model.built else None
+    if not config or "input_shape" not in config:
+        raise ValueError(
+            f"`{name}` ('{model.name}', a subclassed {type(model).__name__}) has no recorded input shape: call it "
+            "once on a batch of data first (`model(x)`), or give it inputs yourself: "
+            f"`inputs = keras.Input(shape); {name} = keras.Model(inputs, model(inputs))`.")
+    from kopt._keras.sublayers import sublayers
+
+    first = next(iter(sublayers(model)), None)
+    dtype = "int32" if isinstance(first, keras.layers.Embedding) else model.compute_dtype
+    return keras.tree.map_shape_structure(lambda shape: keras.Input(batch_shape=shape, dtype=dtype),
+                                          config["input_shape"])
+
+
+def traced_graph(model, name="model"):
+    """A Functional model of the layers a subclassed `model`'s `call` runs, or None where that cannot be had.
+
+    `model.call` is run on symbolic inputs (see `as_graph_model`). None when it
+    uses TensorFlow ops or branches on tensor values, or when the graph does not
+    compute what `model` computes on a random batch (a `call` that reads state
+    outside its layers).
+
+    Args:
+        model: a built subclassed `keras.Model`.
+        name: the argument's name, for the error.
+    """
+    inputs = _symbolic_inputs(model, name)
+    try:
+        traced = keras.Model(inputs, model.call(inputs), name=model.name)
+    except Exception:  # TensorFlow ops, branches on tensor values ...: not traceable
+        return None
+    rng = np.random.default_rng(0)
+    batch = keras.tree.map_structure(
+        lambda t: (rng.integers(0, 2, (2, *t.shape[1:])) if not keras.backend.is_float_dtype(t.dtype)
+                   else rng.normal(size=(2, *t.shape[1:]))).astype(t.dtype), inputs)
+    try:
+        expected = keras.tree.flatten(model(batch, training=False))
+        got = keras.tree.flatten(traced(batch, training=False))
+    except Exception:
+        return None
+    if len(expected) != len(got) or not all(
+            np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5)
+            for a, b in zip(expected, got)):
+        return None
+    return traced
 
 
 def is_layer(obj):
@@ -65,7 +171,9 @@ def _rebuilt(layer, weights):
     new = layer_from_config(layer.__class__, layer.get_config())
     if layer.built:
         build_config = layer.get_build_config()
-        if build_config is not None and not new.built:  # as Keras's loader: some layers build in __init__
+        if is_subclassed_model(new) and build_config and "input_shape" in build_config:
+            build_layer(new, build_config["input_shape"], _input_dtype(layer))
+        elif build_config is not None and not new.built:  # as Keras's loader: some layers build in __init__
             new.build_from_config(build_config)
         if len(new.weights) != len(layer.weights) and build_config and "input_shape" in build_config:
             # A layer with no build() whose sublayers create their weights on its first call (KerasHub's
@@ -84,26 +192,19 @@ def _input_dtype(layer):
         return layer.compute_dtype
 
 
-def _subclassed_error(model, inner):
-    return ValueError(
-        f"Model '{model.name}' contains '{inner.name}', a subclassed model ({type(inner).__name__}), which kopt "
-        "cannot rewrite layer by layer (and must not share with the result). Build that part as a "
-        "Sequential or Functional model, or apply the technique to the layers inside it yourself "
-        "(e.g. wrap them in its __init__).")
-
-
 def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
     """Clones a Sequential/Functional model, replacing each layer by `layer_fn(layer)`.
 
     Nested Sequential/Functional models are rewritten recursively; a layer used
     several times is rewritten once and stays shared in the result. Operations
     that are not layers, and `Lambda` layers, are carried over unchanged. A
-    nested subclassed model raises a ValueError. A Functional result is
-    compiled only if `model` was (as `keras.models.clone_model` does).
+    nested subclassed model is given to `layer_fn` like a custom layer. A
+    Functional result is compiled only if `model` was (as
+    `keras.models.clone_model` does).
 
     Args:
         model: a Sequential or Functional `keras.Model`.
-        layer_fn: callable taking a layer (never a Sequential/Functional model,
+        layer_fn: callable taking a layer or a subclassed model (never a Sequential/Functional model,
             an InputLayer, a Lambda or a plain operation) and returning the
             layer to use in its place; use `copy_layer` for layers that stay as
             they are, so the result shares no variables with `model`.
@@ -117,7 +218,6 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
     Returns:
         A new model of the same kind and name.
     """
-    _check_nested(model)
     cache = {}
 
     def clone_function(layer):
@@ -171,14 +271,6 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
 
     return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function,
                                     call_function=call_function)
-
-
-def _check_nested(model):
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.Model):
-            if not is_graph_model(layer):
-                raise _subclassed_error(model, layer)
-            _check_nested(layer)
 
 
 def walk_layers(model):

@@ -5,7 +5,8 @@ import logging
 import keras
 import numpy as np
 
-from kopt._keras.clone import consumers, copy_layer, is_graph_model, is_layer, rewrite_model, walk_layers
+from kopt._keras.clone import (
+    as_graph_model, consumers, copy_layer, is_layer, is_subclassed_model, rewrite_model, traced_graph, walk_layers)
 from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.operations import is_shape_operation
 from kopt._keras.sublayers import is_keras_layer, sublayers
@@ -20,19 +21,17 @@ logger = logging.getLogger("kopt")
 
 
 def _check_model(model, name):
+    """`model` as a Sequential/Functional model (a subclassed one is called from a Functional model), checked."""
     if not isinstance(model, keras.Model):
         raise ValueError(
-            f"`{name}` must be a Sequential or Functional keras.Model, got {type(model).__module__}."
-            f"{type(model).__name__}. (tf_keras / tf.keras 2 models are not Keras 3 models: use tfmot for those.)")
-    if not is_graph_model(model):
-        raise ValueError(
-            f"Cannot quantize the subclassed model '{model.name}' ({type(model).__name__}): only Sequential and "
-            "Functional models can be rewritten layer by layer. Build it as a Sequential or Functional model, "
-            "or quantize the Sequential/Functional parts of it.")
+            f"`{name}` must be a keras.Model, got {type(model).__module__}.{type(model).__name__}. "
+            "(tf_keras / tf.keras 2 models are not Keras 3 models: use tfmot for those.)")
     if not model.built:
         raise ValueError(
             f"`{name}` ('{model.name}') is not built: give it a keras.Input or call it on data once first.")
+    model = as_graph_model(model, name, trace=True)
     reject_string_inputs(model, name, "quantize")
+    return model
 
 
 def quantize_annotate_layer(to_annotate, quantize_config=None):
@@ -72,7 +71,8 @@ def quantize_annotate_model(to_annotate, float_layers=None):
     """Marks every layer of a model (nested models included) to be quantized by `quantize_apply`.
 
     Args:
-        to_annotate: a built Sequential or Functional model.
+        to_annotate: a built Sequential, Functional or subclassed model (see
+            `quantize_model` for subclassed ones).
         float_layers: layer names or classes to leave float (not annotated).
 
     Returns:
@@ -85,14 +85,18 @@ def quantize_annotate_model(to_annotate, float_layers=None):
     qat = kopt.quantization.quantize_apply(annotated)
     ```
     """
-    _check_model(to_annotate, "to_annotate")
+    to_annotate = _check_model(to_annotate, "to_annotate")
     float_layers = tuple(float_layers or ())
 
     def annotate(layer):
         if isinstance(layer, (QuantizeAnnotate, QuantizeWrapper, QuantizeLayer)):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_annotated(layer)
-        if isinstance(layer, keras.Model) or _matches(layer, float_layers):
-            return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+        if _matches(layer, float_layers):
+            return copy_layer(layer)
+        if is_subclassed_model(layer):  # traced into a graph of its layers where its call allows it
+            graph = traced_graph(layer, layer.name)
+            if graph is not None:
+                return rewrite_model(graph, annotate)
         return QuantizeAnnotate(copy_layer(layer))
 
     return rewrite_model(to_annotate, annotate)
@@ -140,7 +144,7 @@ def quantize_apply(model, *, preserve_sparsity=True):
     qat = kopt.quantization.quantize_apply(kopt.quantization.quantize_annotate_model(model))
     ```
     """
-    _check_model(model, "model")
+    model = _check_model(model, "model")
 
     def is_quantized(layer):
         return isinstance(layer, QuantizeAnnotate)
@@ -167,7 +171,7 @@ def quantize_apply(model, *, preserve_sparsity=True):
 
     def apply(layer):
         if not is_quantized(layer):
-            return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+            return copy_layer(layer)
         inner = layer.layer
         if id(layer) in folds:
             producer, batchnorm = folds[id(layer)]
@@ -246,7 +250,11 @@ def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
     Dense; activations are asymmetric per tensor with moving-average ranges.
 
     Args:
-        to_quantize: a built Sequential or Functional model (nested models included).
+        to_quantize: a built Keras model: Sequential, Functional (nested models
+            included) or subclassed. A subclassed model is traced into a
+            Functional graph of its layers where its `call` allows it (only Keras
+            layers and `keras.ops`), and quantized layer by layer; otherwise it is
+            quantized whole, as a custom layer (see `SublayerQuantizeConfig`).
         float_layers: layer names or classes to leave float.
         preserve_sparsity: keep zero weights at zero (see `quantize_apply`).
 
@@ -261,6 +269,6 @@ def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
     qat.fit(x, y, epochs=1, verbose=0)
     ```
     """
-    _check_model(to_quantize, "to_quantize")
+    to_quantize = _check_model(to_quantize, "to_quantize")
     return quantize_apply(quantize_annotate_model(to_quantize, float_layers=float_layers),
                           preserve_sparsity=preserve_sparsity)

@@ -2,6 +2,7 @@
 
 import keras
 
+from kopt._keras.clone import is_graph_model
 from kopt._keras.sublayers import all_sublayers, is_keras_layer, sublayers
 from kopt.quantization.quantize_config import QuantizeConfig
 from kopt.quantization.quantizers import ActivationQuantizer
@@ -93,7 +94,7 @@ def quantizes_sublayers(layer):
     """Whether `layer` is a custom layer that holds layers whose weights the default scheme quantizes."""
     from kopt.quantization.registry import default_config
 
-    if is_keras_layer(layer) or isinstance(layer, (keras.Model, keras.layers.Wrapper)) or not layer.built:
+    if is_keras_layer(layer) or is_graph_model(layer) or isinstance(layer, keras.layers.Wrapper) or not layer.built:
         return False
     return bool(_weighted_sublayers(layer, default_config))
 

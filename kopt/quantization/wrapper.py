@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kopt._keras.calls import accepted_kwargs, call_with_values, wrapper_kwargs
+from kopt._keras.clone import build_layer
 from kopt._keras.distribution import same_on_every_replica
 from kopt._keras.sublayers import deserialize_layer, is_keras_layer, relative_path
 from kopt.quantization.quantize_config import QuantizeConfig
@@ -123,7 +124,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         if not self.layer.built:
-            self.layer.build(input_shape)
+            build_layer(self.layer, input_shape)
         self.quantize_config.prepare(self.layer)
         self._weights_and_quantizers = self.quantize_config.get_weights_and_quantizers(self.layer)
         self._weight_states, self.sparsity_masks = [], []

@@ -5,22 +5,13 @@ import logging
 import keras
 from keras import ops
 
-from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model
+from kopt._keras.clone import as_graph_model, copy_layer, is_graph_model, is_subclassed_model, rewrite_model
 from kopt._keras.sublayers import is_keras_layer
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity
 from kopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_params
 
 logger = logging.getLogger("kopt")
-
-_SUBCLASSED_ERROR = (
-    "prune_low_magnitude cannot rewrite the subclassed model '{name}' ({cls}): only Sequential and "
-    "Functional models can be cloned layer by layer. Alternatives: build it as a Sequential or "
-    "Functional model; or wrap the layers inside it yourself, e.g. "
-    "`self.dense = kopt.sparsity.prune_low_magnitude(keras.layers.Dense(10))` in __init__; "
-    "or, for a custom layer, subclass kopt.sparsity.PrunableLayer."
-)
-
 
 def prune_low_magnitude(
     to_prune,
@@ -47,6 +38,11 @@ def prune_low_magnitude(
       models, with every prunable layer wrapped. Its weights are copied; the
       original model is left untouched. Layers that cannot be pruned are kept
       as they are and named in one `kopt` log line. The result is not compiled.
+    - A built subclassed model (layers as attributes, a `call`) is copied and
+      pruned as a custom layer (below), inside a Functional model with the
+      inputs it was built for (float, or int32 when its first layer is an
+      Embedding); `strip_pruning` gives back its class. A subclassed model
+      nested in a Functional model is pruned the same way.
 
     What is pruned, as in tfmot: the kernels of Dense, EinsumDense, Conv*,
     Conv*Transpose and MultiHeadAttention, the pointwise kernel of
@@ -73,8 +69,8 @@ def prune_low_magnitude(
     nothing), and a model that already holds it wrapped keeps it so.
 
     Args:
-        to_prune: a `keras.layers.Layer`, a list of layers, or a Sequential or
-            Functional `keras.Model`.
+        to_prune: a `keras.layers.Layer`, a list of layers, or a `keras.Model`
+            (Sequential, Functional, or subclassed and built).
         pruning_schedule: a `PruningSchedule` (`ConstantSparsity(0.5, 0)` by default).
         block_size: `(height, width)` of weight blocks pruned together; for
             rank-2 weights (Dense, Embedding) only.
@@ -132,9 +128,7 @@ def prune_low_magnitude(
         _log_left_dense(left_dense)
         return pruned
     if isinstance(to_prune, keras.Model):
-        if not is_graph_model(to_prune):
-            raise ValueError(_SUBCLASSED_ERROR.format(name=to_prune.name, cls=type(to_prune).__name__))
-        return _prune_model(to_prune, params, prune_depthwise)
+        return _prune_model(as_graph_model(to_prune, "to_prune"), params, prune_depthwise)
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
     raise ValueError(
@@ -172,12 +166,10 @@ def _prune_model(model, params, prune_depthwise):
     def wrap(layer):
         if isinstance(layer, PruneLowMagnitude):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_wrapper(layer)
-        if isinstance(layer, keras.Model) or not registry.is_prunable(layer):
+        if not registry.is_prunable(layer):
             if layer.weights:
-                (left_out if is_keras_layer(layer) or isinstance(layer, keras.Model) else custom).append(
-                    _describe(layer))
-            # A subclassed model nested inside cannot be cloned: it is shared as it is.
-            return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+                (left_out if is_keras_layer(layer) else custom).append(_describe(layer))
+            return copy_layer(layer)
         if not prune_depthwise and not registry.is_pruned_by_default(layer):
             left_dense.append(_describe(layer))
             return copy_layer(layer)
@@ -223,6 +215,8 @@ def strip_pruning(model):
     Returns:
         A new plain Keras model (or layer) with the same architecture as before
         pruning, no kopt classes, and the pruned weights set to zero. Not compiled.
+        A subclassed model pruned by `prune_low_magnitude` comes back as an
+        instance of its own class.
 
     Example:
 
@@ -247,6 +241,15 @@ def strip_pruning(model):
     def strip(layer):
         if isinstance(layer, PruneLowMagnitude):
             return _stripped_layer(layer)
-        return layer if isinstance(layer, keras.Model) else copy_layer(layer)
+        return copy_layer(layer)
 
-    return rewrite_model(model, strip)
+    return _unwrapped(rewrite_model(model, strip))
+
+
+def _unwrapped(model):
+    """The subclassed model inside a Functional model that only calls it on its inputs (as `prune_low_magnitude`
+    builds for a subclassed model), else `model`."""
+    if isinstance(model, keras.Sequential):
+        return model
+    operations = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
+    return operations[0] if len(operations) == 1 and is_subclassed_model(operations[0]) else model

@@ -2,6 +2,7 @@
 
 import keras
 
+from kopt._keras.clone import is_graph_model
 from kopt._keras.sublayers import is_keras_layer, relative_path, sublayers
 from kopt.sparsity.prunable_layer import PrunableLayer
 
@@ -59,8 +60,9 @@ def _is_builtin_prunable(layer):
 
 def _may_hold_sublayers(layer):
     # Keras's own layers are pruned as a whole or not at all (tfmot prunes no Bidirectional, TimeDistributed ...);
-    # wrappers (kopt's included) and models are handled by the model rewrite.
-    return not (is_keras_layer(layer) or isinstance(layer, (keras.Model, L.Wrapper)))
+    # wrappers (kopt's included) and Sequential/Functional models are handled by the model rewrite. A subclassed
+    # model is a custom layer.
+    return not (is_keras_layer(layer) or is_graph_model(layer) or isinstance(layer, L.Wrapper))
 
 
 def _sublayer_weights(layer):

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from kopt._keras.calls import call_with_values, wrapper_kwargs
+from kopt._keras.clone import build_layer
 from kopt._keras.sublayers import deserialize_layer
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
@@ -153,7 +154,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     "and must be built before it is wrapped: call it once on inputs, or prune the "
                     "model that contains it."
                 )
-            self.layer.build(input_shape)
+            build_layer(self.layer, input_shape)
         labelled = registry.labelled_prunable_weights(self.layer)
         self._pruned_weights = [variable for variable, _ in labelled]
         if not self._pruned_weights:

@@ -72,9 +72,18 @@ class Inner(keras.Model):
         return self.dense(x)
 
 
-def test_a_nested_subclassed_model_is_rejected_with_the_way_out():
+def test_a_nested_subclassed_model_is_copied_like_a_custom_layer():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, L.Dense(2)(Inner(name="inner")(inputs)))
-    for rewrite in (kopt.sparsity.prune_low_magnitude, kopt.quantization.quantize_model):
-        with pytest.raises(ValueError, match="'inner', a subclassed model .*Sequential or Functional"):
-            rewrite(model)
+    seen = []
+
+    def copy(layer):
+        seen.append(layer.name)
+        return copy_layer(layer)
+
+    clone = rewrite_model(model, copy)
+    assert "inner" in seen
+    assert type(clone.get_layer("inner")) is Inner
+    assert not {id(v) for v in clone.weights} & {id(v) for v in model.weights}
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(clone(x), model(x), atol=1e-6)

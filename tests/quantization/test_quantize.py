@@ -277,21 +277,6 @@ def test_bad_input(call, match):
         call()
 
 
-def test_subclassed_model_is_refused_with_alternatives():
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = L.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
-    net = Net()
-    net(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="Sequential or Functional"):
-        quantization.quantize_model(net)
-
-
 def test_normalization_at_the_input_converts_to_full_int8():
     data = np.random.default_rng(0).normal(5, 3, (64, 10)).astype("float32")
     norm = L.Normalization()

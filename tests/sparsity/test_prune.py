@@ -186,7 +186,7 @@ class Subclassed(keras.Model):
     [
         (lambda: sparsity.prune_low_magnitude("model"), "to_prune"),
         (lambda: sparsity.prune_low_magnitude(np.zeros(3)), "to_prune"),
-        (lambda: sparsity.prune_low_magnitude(Subclassed()), "Sequential or Functional"),
+        (lambda: sparsity.prune_low_magnitude(Subclassed()), "to_prune.*no recorded input shape.*call it once"),
         (lambda: sparsity.prune_low_magnitude(L.Bidirectional(L.LSTM(3))), "PrunableLayer"),
         (lambda: sparsity.prune_low_magnitude(L.ConvLSTM1D(2, 3)), "PrunableLayer"),
         (lambda: sparsity.prune_low_magnitude(L.Dense(2), prune_depthwise="yes"), "prune_depthwise"),
