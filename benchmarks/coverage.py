@@ -5,7 +5,7 @@ out), this builds the model and trains it for a few steps on random labels (stra
 its logits are near-constant), then:
 
 - prune: `prune_low_magnitude` (50%, ConstantSparsity) -> fit -> `strip_pruning`, sparsity of every pruned weight;
-- QAT int8: `quantize_model` -> fit -> `to_tflite(quantization="int8")`;
+- QAT int8: `quantize_model` -> fit -> `to_tflite(quantization="int8")`, without representative data;
 - PTQ int8: `to_tflite(model, representative_data=...)`.
 
 Each file is run in LiteRT's interpreter and compared with the Keras model it came from (SQNR, decisive top-1
@@ -171,7 +171,8 @@ def run_qat(model, x, on_mismatch="raise"):
     # so sensitive that their own int8 files agreed at 8-10 dB (16 dB at 1e-6). A fine-tune's small rate.
     qat.compile(keras.optimizers.Adam(1e-6), "mse", run_eagerly=True)  # run_eagerly: see build
     qat.fit(x, _outputs(model, x), batch_size=16, epochs=1, verbose=0)  # learn the float outputs
-    tflite = kopt.convert.to_tflite(qat, representative_data=x, validation_data=x, on_mismatch=on_mismatch)
+    # No representative_data: QAT learned every range the file needs (LayerNormalization's internals included).
+    tflite = kopt.convert.to_tflite(qat, validation_data=x, on_mismatch=on_mismatch)
     return qat, tflite
 
 

@@ -4,7 +4,8 @@ Keras exposes its operations as functions only (`keras.ops.reshape`); the `Opera
 a Functional graph records for them live in `keras.src.ops`, so they are imported here, once.
 """
 
-from keras.src.ops import numpy as _numpy  # private: the classes behind keras.ops.* (no public alias)
+from keras.src.ops import nn as _nn  # private: the classes behind keras.ops.* (no public alias)
+from keras.src.ops import numpy as _numpy
 
 # Operations that move or select values without changing them: a quantized input stays quantized
 # with the same scale (TFLite's RESHAPE, TRANSPOSE, SQUEEZE ... keep their input's quantization).
@@ -19,3 +20,20 @@ _SHAPE_OPERATIONS = tuple(
 def is_shape_operation(operation):
     """Whether a plain graph operation only moves values (reshape, transpose, slicing ...)."""
     return isinstance(operation, _SHAPE_OPERATIONS)
+
+
+def _classes(module, names):
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
+
+
+# Element-wise operations: output channel c depends on input channel c only (inputs broadcast).
+_ELEMENTWISE = _classes(_numpy, (
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power", "Sqrt", "Abs", "Negative",
+    "Square", "Exp", "Log", "Tanh", "Clip", "Sign", "Reciprocal", "Rsqrt")) + _classes(_nn, (
+    "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu", "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus",
+    "Softsign", "Tanh", "HardTanh", "Mish"))
+
+
+def is_elementwise_operation(operation):
+    """Whether a plain graph operation computes each element from the same element of its (broadcast) inputs."""
+    return isinstance(operation, _ELEMENTWISE)

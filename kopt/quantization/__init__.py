@@ -15,6 +15,7 @@ from kopt.quantization.integer_forms import (
     integer_lowering,
     with_integer_forms,
 )
+from kopt.quantization.internal_ranges import InternalRangesQuantizeConfig
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize import (
     quantize_annotate_layer,
@@ -40,6 +41,7 @@ __all__ = [
     "AllValuesQuantizer",
     "Default8BitQuantizeConfig",
     "IntegerLayerNormalization",
+    "InternalRangesQuantizeConfig",
     "LastValueQuantizer",
     "MovingAverageQuantizer",
     "QuantizeAnnotate",

@@ -35,17 +35,31 @@ class IntegerLayerNormalization(keras.layers.LayerNormalization):
     ```
     """
 
-    def call(self, inputs):
+    @property
+    def quantized_internals(self):
+        """The tensors of `call` that the int8 file keeps, in order (QAT learns a range for each)."""
+        names = ["mean", "centered", "squared", "variance", "variance_epsilon", "inverse_std"]
+        if self.scale or self.center:
+            names.append("normalized")
+        if self.scale and self.center:
+            names.append("scaled")
+        return tuple(names)
+
+    def call(self, inputs, quantize_internals=None):
+        """Args: inputs; quantize_internals: optional `(name, tensor) -> tensor` for the QAT ranges."""
+        q = quantize_internals or (lambda name, tensor: tensor)
         x = ops.cast(inputs, self.compute_dtype)
         axis = self.axis
-        mean = ops.mean(x, axis=axis, keepdims=True)
-        centered = x - mean
-        variance = ops.mean(centered * centered, axis=axis, keepdims=True)  # MUL: SQUARE has no int8 kernel
-        outputs = centered * ops.rsqrt(variance + self.epsilon)
+        mean = q("mean", ops.mean(x, axis=axis, keepdims=True))
+        centered = q("centered", x - mean)
+        squared = q("squared", centered * centered)  # MUL: SQUARE has no int8 kernel
+        variance = q("variance", ops.mean(squared, axis=axis, keepdims=True))
+        inverse_std = q("inverse_std", ops.rsqrt(q("variance_epsilon", variance + self.epsilon)))
+        outputs = centered * inverse_std
         if self.scale:
-            outputs = outputs * ops.cast(self.gamma, outputs.dtype)
+            outputs = q("normalized", outputs) * ops.cast(self.gamma, outputs.dtype)
         if self.center:
-            outputs = outputs + ops.cast(self.beta, outputs.dtype)
+            outputs = q("scaled" if self.scale else "normalized", outputs) + ops.cast(self.beta, outputs.dtype)
         return outputs
 
 

@@ -54,6 +54,14 @@ class QuantizeConfig(abc.ABC):
     def get_output_quantizers(self, layer):
         """Returns `[quantizer]` applied to the layer's output (at most one)."""
 
+    def get_internal_quantizers(self, layer):
+        """Optional hook (kopt): `[(name, quantizer)]` for tensors the layer computes inside its `call`.
+
+        The layer must take a `quantize_internals` keyword argument in `call` and pass each named tensor
+        through `quantize_internals(name, tensor)` (see `InternalRangesQuantizeConfig`). None by default.
+        """
+        return []
+
     @abc.abstractmethod
     def get_config(self):
         """Returns the constructor arguments as a dict."""

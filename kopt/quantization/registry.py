@@ -3,6 +3,7 @@
 import keras
 
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
+from kopt.quantization.internal_ranges import InternalRangesQuantizeConfig, quantized_internals
 from kopt.quantization.sublayer_config import SublayerQuantizeConfig, quantizes_sublayers
 
 L = keras.layers
@@ -76,6 +77,8 @@ def default_config(layer):
         # An int8 table, symmetric per tensor: TFLite's GATHER keeps its scale, so the output needs no range of
         # its own, and a pruned table keeps its zeros through QAT (preserve_sparsity masks quantized weights).
         return Default8BitQuantizeConfig(["embeddings"], [], False)
+    if quantized_internals(layer):
+        return InternalRangesQuantizeConfig()  # its output and the tensors inside it (IntegerLayerNormalization)
     if isinstance(layer, L.MultiHeadAttention) or quantizes_sublayers(layer):
         return SublayerQuantizeConfig()  # the kernels of the layers it holds, and its output
     return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, other custom layers

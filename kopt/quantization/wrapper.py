@@ -147,6 +147,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if (self._activation_quantizer is not None and not isinstance(self.layer, keras.layers.Activation)
                 and _activation_name(self.activation) not in _FUSED + _PRE_QUANTIZED):
             self._pre_activation_state = self._activation_quantizer.build(self, (), "pre_activation")
+        # Tensors the layer computes inside its call that the file keeps (IntegerLayerNormalization's mean ...).
+        self._internal_quantizers = [
+            (name, quantizer, quantizer.build(self, (), f"internal_{name}"))
+            for name, quantizer in self.quantize_config.get_internal_quantizers(self.layer)]
         self._output_quantizers = list(self.quantize_config.get_output_quantizers(self.layer))
         # A layer with several outputs (a custom layer returning a tuple) gets a range per float output.
         outputs = self._float_output_count(input_shape) if self._output_quantizers else 1
@@ -177,8 +181,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 for (variable, value), (_, quantizer), state in zip(
                     self.effective_weights(), self._weights_and_quantizers, self._weight_states)
             ]
+        observed = []
+        if self._internal_quantizers:
+            kwargs["quantize_internals"] = self._internals_quantizer(training, observed)
         with self._layer_without_taken_over_attributes():
             outputs = call_with_values(self.layer, mapping, inputs, *args, training=training, **kwargs)
+        for quantizer, state, tensor in observed:  # outside the layer's StatelessScope, which would drop the update
+            quantizer.update_range(tensor, state)
 
         if self.activation is not None:
             if _activation_name(self.activation) in _PRE_QUANTIZED:
@@ -194,6 +203,21 @@ class QuantizeWrapper(keras.layers.Wrapper):
             for quantizer, states in zip(self._output_quantizers, self._output_states):
                 outputs = self._quantize_outputs(quantizer, states, outputs, training)
         return outputs
+
+    def _internals_quantizer(self, training, observed):
+        """`(name, tensor) -> tensor` for the layer's internal tensors: in training it leaves them as they are and
+        appends `(quantizer, state, tensor)` to `observed`, whose ranges the wrapper then records (see
+        `InternalRangesQuantizeConfig`); in inference it fake-quantizes them."""
+        by_name = {name: (quantizer, state) for name, quantizer, state in self._internal_quantizers}
+
+        def quantize(name, tensor):
+            quantizer, state = by_name[name]
+            if training:
+                observed.append((quantizer, state, ops.cast(tensor, "float32")))
+                return tensor
+            return quantizer(tensor, False, state)
+
+        return quantize
 
     def _float_output_count(self, input_shape):
         if input_shape is None or isinstance(self.layer, keras.layers.Activation) or is_keras_layer(self.layer):
