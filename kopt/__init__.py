@@ -16,7 +16,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("sparsity", "quantization", "distill", "search", "distribute", "convert", "datasets", "demo", "manifest")
+_SUBMODULES = ("sparsity", "structured", "quantization", "distill", "search", "distribute", "convert", "datasets", "demo", "manifest")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -10,12 +10,13 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, distribute, manifest, quantization, search, sparsity
+from kopt import convert, distill, distribute, manifest, quantization, search, sparsity, structured
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
-    for module, name in (("sparsity", sparsity), ("quantization", quantization), ("convert", convert),
+    for module, name in (("sparsity", sparsity), ("structured", structured), ("quantization", quantization),
+                         ("convert", convert),
                          ("distill", distill), ("search", search),
                          ("distribute", distribute), ("manifest", manifest)):
         objects[f"kopt.{module}"] = name
@@ -26,6 +27,7 @@ def _public_objects():
     # Result containers are documented by the functions that return them.
     for name in ("BenchmarkResult", "ONNXInfo", "ONNXModel", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
         objects.pop(f"kopt.convert.{name}", None)
+    objects.pop("kopt.structured.ChannelGroup", None)
     return objects
 
 

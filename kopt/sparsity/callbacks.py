@@ -34,15 +34,27 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.prunable_layers = []
+        self.channel_layers = []
 
     def on_train_begin(self, logs=None):
         self.prunable_layers = collect_pruned_layers(self.model)
+        from kopt.structured.gradual import channel_pruned_layers  # imported here: kopt.structured uses sparsity
+
+        self.channel_layers = channel_pruned_layers(self.model)
+        for layer in self.channel_layers:
+            layer._step_callback_attached = True
         for layer in self.prunable_layers:
             layer._step_callback_attached = True
             # Layers of a model that is not built yet get their weights (step -1) in the first step,
             # which counts from 0 all the same (see PruneLowMagnitude.update_masks).
             if layer.built and int(ops.convert_to_numpy(layer.pruning_step)) < 0:
                 layer.pruning_step.assign(0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.channel_layers:  # kopt.structured's channel masks: one decision per group, across layers
+            from kopt.structured.gradual import update_channel_masks
+
+            update_channel_masks(self.channel_layers)
 
     def on_epoch_end(self, batch=None, logs=None):
         # `batch` (the epoch index) is tfmot's name: its guides call `on_epoch_end(batch=...)`.

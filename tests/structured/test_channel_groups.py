@@ -1,0 +1,83 @@
+"""`channel_groups`: which channels must go together, on graphs whose coupling is known by construction."""
+
+import keras
+import pytest
+
+from kopt import structured
+
+L = keras.layers
+
+
+def _by_producer(groups):
+    return {tuple(g.producers): g for g in groups}
+
+
+def test_residual_adds_join_groups_and_per_channel_layers_follow():
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(16, 3, padding="same", name="a")(inputs)
+    a = L.BatchNormalization(name="a_bn")(a)
+    b = L.DepthwiseConv2D(3, padding="same", name="b_dw")(a)
+    b = L.Conv2D(16, 1, name="b")(b)
+    x = L.Add(name="residual")([a, b])
+    c = L.Conv2D(16, 1, name="c")(L.ReLU()(x))
+    x = L.Add()([x, c])
+    outputs = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x))
+    groups = _by_producer(structured.channel_groups(keras.Model(inputs, outputs)))
+    assert set(groups) == {("a", "b", "c"), ("head",)}
+    residual = groups[("a", "b", "c")]
+    assert residual.channels == 16 and residual.prunable
+    assert {"a_bn", "b_dw", "head"} <= set(residual.layers)  # per-channel layers and the reader
+    assert not groups[("head",)].prunable and "output" in groups[("head",)].reason
+
+
+def test_concatenate_maps_channels_with_offsets_and_flatten_per_position():
+    inputs = keras.Input((4, 4, 3))
+    a = L.Conv2D(8, 1, name="a")(inputs)
+    b = L.Conv2D(16, 1, name="b")(inputs)
+    x = L.Concatenate()([a, b])
+    x = L.Conv2D(24, 1, name="mix")(x)
+    y = L.Dense(5, name="dense")(L.Flatten()(x))
+    model = keras.Model(inputs, L.Dense(2, name="head")(y))
+    groups = _by_producer(structured.channel_groups(model))
+    assert groups[("a",)].channels == 8 and groups[("b",)].channels == 16  # separate groups, both read by mix
+    assert "mix" in groups[("a",)].layers and "mix" in groups[("b",)].layers
+    assert groups[("mix",)].channels == 24 and "dense" in groups[("mix",)].layers
+    assert groups[("dense",)].prunable
+
+
+def test_squeeze_excite_couples_the_expanding_dense_with_the_convolution():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(32, 3, padding="same", name="conv")(inputs)
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Conv2D(8, 1, activation="relu", name="squeeze")(s)
+    s = L.Conv2D(32, 1, activation="sigmoid", name="excite")(s)
+    x = L.Multiply()([x, s])
+    x = x * 0.5  # a plain operation with a constant passes channels through
+    outputs = L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x))
+    groups = _by_producer(structured.channel_groups(keras.Model(inputs, outputs)))
+    assert ("conv", "excite") in groups and groups[("conv", "excite")].prunable
+    assert groups[("squeeze",)].prunable
+
+
+def test_groups_kopt_cannot_slice_are_left_with_the_reason():
+    inputs = keras.Input((6, 8))
+    x = L.Dense(8, name="in_proj")(inputs)
+    x = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    y = L.Dense(12, name="to_reshape")(x)
+    y = L.Reshape((6, 4, 3))(y)
+    y = L.Reshape((6, 12))(y)
+    outputs = L.Dense(2, name="head")(L.GlobalAveragePooling1D()(L.Concatenate()([x, y])))
+    groups = _by_producer(structured.channel_groups(keras.Model(inputs, outputs)))
+    assert not groups[("in_proj",)].prunable and "mha" in groups[("in_proj",)].reason
+    assert not groups[("to_reshape",)].prunable and "reshape" in groups[("to_reshape",)].reason.lower()
+    assert "left" in str(groups[("in_proj",)])
+
+
+def test_a_sequential_model_and_bad_input():
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, name="hidden"), L.Dense(2, name="head")])
+    groups = structured.channel_groups(model)
+    assert [g.producers for g in groups] == [["hidden"], ["head"]]
+    with pytest.raises(ValueError, match="not built"):
+        structured.channel_groups(keras.Sequential([L.Dense(2)]))
+    with pytest.raises(ValueError, match="Sequential or Functional"):
+        structured.channel_groups(L.Dense(2))
