@@ -27,7 +27,8 @@ def _public_objects():
     # Result containers are documented by the functions that return them.
     for name in ("BenchmarkResult", "ONNXInfo", "ONNXModel", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
         objects.pop(f"kopt.convert.{name}", None)
-    objects.pop("kopt.structured.ChannelGroup", None)
+    for name in ("ChannelGroup", "LowRankReport", "LowRankRow"):
+        objects.pop(f"kopt.structured.{name}", None)
     return objects
 
 

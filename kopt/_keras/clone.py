@@ -192,7 +192,7 @@ def _input_dtype(layer):
         return layer.compute_dtype
 
 
-def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
+def rewrite_model(model, layer_fn, after_input=None, after_operation=None, after_layer=None):
     """Clones a Sequential/Functional model, replacing each layer by `layer_fn(layer)`.
 
     Nested Sequential/Functional models are rewritten recursively; a layer used
@@ -214,6 +214,9 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
         after_operation: optional callable `(operation) -> layer or None`: a
             layer to apply to the output of each plain operation / Lambda
             (e.g. an output quantizer), in every (nested) graph.
+        after_layer: optional callable `(new layer) -> layer or None`: a layer
+            to apply to the output of each rewritten layer (e.g. the second
+            half of a factorized layer), in the top-level graph.
 
     Returns:
         A new model of the same kind and name.
@@ -240,7 +243,13 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
             head.append(keras.Input(batch_shape=first.batch_shape, dtype=first.dtype, name=first.name))
         if after_input is not None and (not model.inputs or keras.backend.is_float_dtype(model.inputs[0].dtype)):
             head.append(after_input())
-        return keras.Sequential(head + [clone_function(layer) for layer in model.layers], name=model.name)
+        layers = []
+        for layer in model.layers:
+            layers.append(clone_function(layer))
+            following = after_layer(layers[-1]) if after_layer is not None and is_layer(layers[-1]) else None
+            if following is not None:
+                layers.append(following)
+        return keras.Sequential(head + layers, name=model.name)
 
     if not _is_functional(model):
         raise ValueError(f"Expected a Sequential or Functional model, got {type(model).__name__}.")
@@ -262,6 +271,10 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None):
         # A replacement may take fewer keyword arguments than the layer it replaces (e.g. a folded
         # BatchNormalization, whose nodes record mask=None, becomes an Identity).
         outputs = op(*args, **accepted_kwargs(op, kwargs)) if is_layer(op) else op(*args, **kwargs)
+        if after_layer is not None and is_layer(op):
+            following = after_layer(op)
+            if following is not None:
+                outputs = following(outputs)
         if after_operation is not None and (not is_layer(op) or isinstance(op, keras.layers.Lambda)):
             after = after_operation(op)
             if after is not None:
