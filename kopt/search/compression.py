@@ -7,6 +7,9 @@ list of values, or (for "sparsity" and "temperature") searched over a
 
 - "sparsity": final fraction of zeros in every prunable kernel, in [0, 1).
   0 skips pruning. Default: 0 to 0.9 in steps of 0.1.
+- "channels": fraction of each channel group removed physically
+  (`kopt.structured.prune_channels`, then "prune_epochs" of fine-tuning),
+  in [0, 1): a smaller, faster network. Default 0 (not searched).
 - "quantization": "int8", "int16x8", "float16", "dynamic" or None (float32).
   Default: all but "int16x8".
 - "qat": for "int8", quantization-aware fine-tuning (True) or post-training
@@ -34,6 +37,7 @@ NO_QUANTIZATION = "none"  # keras-tuner's Choice takes no None
 
 DEFAULT_COMPRESSION = {
     "sparsity": (0.0, 0.9, 0.1),
+    "channels": 0.0,
     "quantization": ["int8", "float16", "dynamic", None],
     "qat": [True, False],
     "prune_epochs": 2,
@@ -43,8 +47,8 @@ DEFAULT_COMPRESSION = {
     "temperature": 4.0,
 }
 
-_RANGED = ("sparsity", "temperature")
-_SEARCHABLE = ("sparsity", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation", "temperature")
+_RANGED = ("sparsity", "channels", "temperature")
+_SEARCHABLE = ("sparsity", "channels", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation", "temperature")
 
 
 def _values(key, value):
@@ -70,9 +74,9 @@ def _grid(low, high, step):
 
 
 def _check_value(key, value):
-    if key == "sparsity":
+    if key in ("sparsity", "channels"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-        fix = "a fraction of zeros in [0, 1), e.g. 0.5"
+        fix = "a fraction in [0, 1), e.g. 0.5"
     elif key == "temperature":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
         fix = "a number > 0, e.g. 4.0"
@@ -152,6 +156,8 @@ def declare(hp, space):
         return hp.Fixed(name, NO_QUANTIZATION if value is None else (float(value) if key in _RANGED else value))
 
     choose("sparsity")
+    if isinstance(space["channels"], (list, tuple)) or space["channels"]:
+        choose("channels")
     choose("quantization")
     if "int8" in _values("quantization", space["quantization"]):
         with hp.conditional_scope(PREFIX + "quantization", ["int8"]):
@@ -178,6 +184,7 @@ def trial_compression(hyperparameters, space):
     distillation = space["teacher"] is not None and bool(get("distillation"))
     return {
         "sparsity": float(get("sparsity")),
+        "channels": float(get("channels")),
         "quantization": quantization,
         "qat": quantization == "int8" and bool(get("qat")),
         "distillation": distillation,
@@ -190,6 +197,8 @@ def trial_compression(hyperparameters, space):
 def label(compression):
     """A short human label of a trial's compression, e.g. "50% sparse, int8 QAT"."""
     parts = [f"{compression['sparsity']:.0%} sparse" if compression["sparsity"] else "dense"]
+    if compression.get("channels"):
+        parts.insert(0, f"{compression['channels']:.0%} channels removed")
     mode = compression["quantization"] or "float32"
     if mode == "int8":
         mode += " QAT" if compression["qat"] else " PTQ"

@@ -156,8 +156,9 @@ class CompressionTuner(keras_tuner.Tuner):
             returning a compiled classifier Keras model, or a
             `keras_tuner.HyperModel` (its `fit` is used for the main training).
         compression: the compression space (see `kopt.search.compression`):
-            a dict with keys "sparsity", "quantization", "qat", "prune_epochs",
-            "qat_epochs", "teacher", "distillation" and "temperature", each a
+            a dict with keys "sparsity", "channels", "quantization", "qat",
+            "prune_epochs", "qat_epochs", "teacher", "distillation" and
+            "temperature", each a
             value, a list of values to search, or a `(low, high[, step])`
             range. None: `DEFAULT_COMPRESSION` (sparsity 0 to 0.9, int8 QAT or
             PTQ, float16, dynamic or float32).
@@ -337,12 +338,18 @@ class CompressionTuner(keras_tuner.Tuner):
 
         tune = {k: fit_kwargs[k] for k in _FINE_TUNE_KWARGS if k in fit_kwargs}
         final = model
+        if compression["channels"] > 0:  # fewer channels: a smaller, faster network, fine-tuned
+            from kopt import structured
+
+            final = structured.prune_channels(model, ratio=compression["channels"])
+            compression_module.recompile_like(final, model, learning_rate_factor=0.5)
+            final.fit(x, y, epochs=compression["prune_epochs"], verbose=self._fit_verbose(), **tune)
         if compression["sparsity"] > 0:
             steps = fit_kwargs.get("steps_per_epoch") or compression_module.steps_per_epoch(
                 x, fit_kwargs.get("batch_size"))
             schedule = compression_module.pruning_schedule(compression["sparsity"], steps,
                                                            compression["prune_epochs"])
-            pruned = sparsity.prune_low_magnitude(model, pruning_schedule=schedule)
+            pruned = sparsity.prune_low_magnitude(final, pruning_schedule=schedule)
             compression_module.recompile_like(pruned, model, learning_rate_factor=0.5)
             pruned.fit(x, y, epochs=compression["prune_epochs"], verbose=self._fit_verbose(),
                        callbacks=[sparsity.UpdatePruningStep()], **tune)

@@ -71,7 +71,7 @@ def test_teacher_adds_distillation_and_temperature():
     assert {"compression/distillation", "compression/temperature"} <= names
     values = c.trial_compression({"compression/distillation": True, "compression/temperature": 2.0,
                                   "compression/quantization": "none", "compression/sparsity": 0.5}, space)
-    assert values == {"sparsity": 0.5, "quantization": None, "qat": False, "distillation": True,
+    assert values == {"sparsity": 0.5, "channels": 0.0, "quantization": None, "qat": False, "distillation": True,
                       "temperature": 2.0, "prune_epochs": 2, "qat_epochs": 1}
     assert c.label(values) == "50% sparse, float32, distilled T=2"
 

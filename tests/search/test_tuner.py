@@ -346,3 +346,30 @@ def test_tf_data_training_and_validation(digits, tmp_path):
     assert result.metrics["accuracy"] == pytest.approx(np.mean(only_output(content, x_val).argmax(-1) == y_val),
                                                        abs=1.01 / len(y_val))
     assert max(np.mean(k == 0) for k in _constant_kernels(content, min_size=640)) >= 0.49  # the 64x10 kernel
+
+
+def wide_cnn(hp):
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def test_the_channel_ratio_is_searched_and_its_file_is_smaller(digits, tmp_path):
+    (x, y), (x_val, y_val) = digits
+    tuner = CompressionTuner(wide_cnn, compression={"channels": [0.0, 0.5], "sparsity": 0.0, "quantization": None},
+                             max_trials=6, seed=1, directory=tmp_path,
+                             latency_runs=5)
+    tuner.search(x, y, epochs=1, batch_size=64, validation_data=(x_val, y_val), verbose=0)
+    by_ratio = {r.compression["channels"]: r for r in tuner.results() if r.completed}
+    assert set(by_ratio) == {0.0, 0.5}
+    assert by_ratio[0.5].metrics["size"] < 0.5 * by_ratio[0.0].metrics["size"]
+    assert "50% channels removed" in by_ratio[0.5].label
+    small = tuner.load_model(tuner.oracle.get_trial(by_ratio[0.5].trial_id))
+    assert small.layers[0].filters == 16
