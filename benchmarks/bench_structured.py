@@ -9,11 +9,13 @@ Three parts, each a table in RESULTS.md:
 - `--part families`: every `keras.applications` family (benchmarks/coverage.py's small inputs) at ratio 0.5: groups
   pruned and left (with the reason), parameter / MAC ratios, int8 conversion validated against the pruned model,
   float and int8 latency ratios.
+- `--part low_rank`: `kopt.structured.low_rank` on a Dense-heavy digits MLP (64-1024-1024-10) and on the digits
+  CNN at several ranks, each fine-tuned: accuracy, MACs and float latency against the trained original.
 - `--part digits`: the digits CNN. Dense training, then half its channels removed and fine-tuned with and without
   distillation from the dense model, against the same small architecture trained from scratch for as many epochs
   as the whole pipeline: accuracy, parameters, MACs, latency.
 
-    .venv/bin/python benchmarks/bench_structured.py [--part latency|families|digits] [--rounds 7]
+    .venv/bin/python benchmarks/bench_structured.py [--part latency|families|low_rank|digits] [--rounds 7]
 """
 
 import argparse
@@ -160,16 +162,51 @@ def part_digits(args):
               f"{kopt.structured.count_macs(model):,} | {ratio:.3f} |", flush=True)
 
 
+def _timed_ratios(files, baseline, rounds, runs=200):
+    latency = {name: [] for name in files}
+    for r in range(rounds):
+        for name in files if r % 2 == 0 else list(files)[::-1]:
+            latency[name].append(float(kopt.convert.benchmark(files[name], runs=runs, warmup=20)))
+    return {name: statistics.median(m / d for m, d in zip(latency[name], latency[baseline])) for name in files}
+
+
+def part_low_rank(args):
+    from kopt.demo import build_cnn
+
+    (x, y), (x_test, y_test) = kopt.datasets.load_digits()
+    mlp = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(1024, activation="relu"),
+                            keras.layers.Dense(10)], name="mlp")
+    print("| model | factorization | test accuracy | MACs | float latency / original | output error before "
+          "fine-tuning |")
+    print("|---|---|---|---|---|---|")
+    for base in (mlp, build_cnn()):
+        keras.utils.set_random_seed(0)
+        trained = _fit(base, x, y, args.epochs)
+        results = {"original": (trained, None)}
+        for label, kwargs in (("energy 0.9", dict(energy=0.9)), ("rank 1/4", dict(rank_ratio=0.25)),
+                              ("rank 1/8", dict(rank_ratio=0.125))):
+            thin, report = kopt.structured.low_rank(trained, data=x_test, **kwargs)
+            results[label] = (_fit(thin, x, y, args.finetune_epochs), report.output_error)
+        files = {name: kopt.convert.to_tflite(m, quantization=None, validate=False) for name, (m, _) in results.items()}
+        ratios = _timed_ratios(files, "original", args.rounds)
+        for name, (model, error) in results.items():
+            error_text = "-" if error is None else f"{error:.3f}"
+            print(f"| {base.name} | {name} | {_accuracy(model, x_test, y_test):.4f} | "
+                  f"{kopt.structured.count_macs(model):,} | {ratios[name]:.3f} | {error_text} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("latency", "families", "digits"), default="latency")
+    parser.add_argument("--part", choices=("latency", "families", "low_rank", "digits"), default="latency")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", default="", help="families: comma-separated names (default: all)")
     parser.add_argument("--epochs", type=int, default=20, help="digits: dense training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="digits: fine-tuning epochs")
     args = parser.parse_args()
-    {"latency": part_latency, "families": part_families, "digits": part_digits}[args.part](args)
+    {"latency": part_latency, "families": part_families, "low_rank": part_low_rank,
+     "digits": part_digits}[args.part](args)
 
 
 if __name__ == "__main__":

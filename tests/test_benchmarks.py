@@ -52,3 +52,14 @@ def test_onnx_coverage_benchmark_runs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| MobileNetV3Small float |")]
     assert row.endswith("| pass |") and float(row.split("|")[2]) > 50
+
+
+@pytest.mark.parametrize("part, label", [("digits", "| small architecture from scratch |"),
+                                         ("low_rank", "| digits_cnn | rank 1/4 |")])
+def test_structured_benchmark_runs(part, label):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_structured.py"), "--part", part, "--epochs", "1",
+                           "--finetune-epochs", "1", "--rounds", "1"], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert label in proc.stdout

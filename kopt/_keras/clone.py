@@ -105,7 +105,9 @@ def _symbolic_inputs(model, name):
 
 
 def traced_graph(model, name="model"):
-    """A Functional model of the layers a subclassed `model`'s `call` runs, or None where that cannot be had.
+    """A Functional model of the layers and operations `model.call` runs, or None where that cannot be had.
+
+    `model` is a subclassed model or a custom layer without weights of its own.
 
     `model.call` is run on symbolic inputs (see `as_graph_model`). None when it
     uses TensorFlow ops or branches on tensor values, or when the graph does not
@@ -116,7 +118,10 @@ def traced_graph(model, name="model"):
         model: a built subclassed `keras.Model`.
         name: the argument's name, for the error.
     """
-    inputs = _symbolic_inputs(model, name)
+    try:
+        inputs = _symbolic_inputs(model, name)
+    except ValueError:  # never built, or built from several arguments
+        return None
     try:
         traced = keras.Model(inputs, model.call(inputs), name=model.name)
     except Exception:  # TensorFlow ops, branches on tensor values ...: not traceable

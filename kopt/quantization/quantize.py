@@ -93,9 +93,11 @@ def quantize_annotate_model(to_annotate, float_layers=None):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_annotated(layer)
         if _matches(layer, float_layers):
             return copy_layer(layer)
-        if is_subclassed_model(layer):  # traced into a graph of its layers where its call allows it
+        if is_subclassed_model(layer) or registry.is_opaque(layer) and not layer.weights and layer.built:
+            # Traced into a graph of its layers and operations where its call allows it: each then gets
+            # its own range (InceptionResNetV2's `x + branch * scale`), and a subclassed model its layers'.
             graph = traced_graph(layer, layer.name)
-            if graph is not None:
+            if graph is not None and len(graph.operations) > len(graph.inputs) + 1:
                 return rewrite_model(graph, annotate)
         return QuantizeAnnotate(copy_layer(layer))
 

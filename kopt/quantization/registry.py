@@ -84,6 +84,15 @@ def default_config(layer):
     return Default8BitQuantizeConfig([], [], True)  # OUTPUT_QUANTIZED, other custom layers
 
 
+def is_opaque(layer):
+    """Whether the scheme knows nothing of `layer` but its output: a custom layer (or one of Keras's that is no
+    layer class of its own, as InceptionResNetV2's scaling layer) whose call the converter sees as plain ops."""
+    known = (PASS_THROUGH + OUTPUT_QUANTIZED + UNSUPPORTED + SEPARABLE
+             + tuple(cls for classes, _ in _WEIGHTED for cls in classes)
+             + (L.Activation, L.Embedding, L.MultiHeadAttention, L.InputLayer, keras.Model))
+    return not isinstance(layer, known) and not quantized_internals(layer) and not quantizes_sublayers(layer)
+
+
 def is_supported(layer):
     if isinstance(layer, SEPARABLE):
         return True

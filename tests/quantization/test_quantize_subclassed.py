@@ -151,3 +151,52 @@ def test_a_model_whose_traced_graph_computes_otherwise_is_quantized_whole(digits
 def test_an_unbuilt_subclassed_model_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match="to_quantize.*not built.*call it on data once"):
         quantization.quantize_model(ResidualNet())
+
+
+@keras.saving.register_keras_serializable(package="kopt_tests")
+class ScaledSum(L.Layer):
+    """`x + y * scale`, as InceptionResNetV2's scaling layer: no weights, keras.ops arithmetic in its call."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, inputs):
+        return inputs[0] + inputs[1] * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def test_a_weightless_custom_layer_is_traced_so_its_arithmetic_gets_ranges(digits, tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    branch = L.Conv2D(8, 1)(x)
+    x = L.ReLU()(ScaledSum(0.2, name="scaled_sum")([x, branch]))
+    model = _trained(keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x))), digits)
+    qat = quantization.quantize_model(model)
+    traced = qat.get_layer("scaled_sum")
+    assert isinstance(traced, keras.Model) and type(traced) is not ScaledSum  # its two operations, each quantized
+    x_train, y, x_test = digits
+    qat.compile("adam", LOSS)
+    qat.fit(x_train, y, epochs=1, batch_size=64, verbose=0)
+    reference = keras.ops.convert_to_numpy(qat(x_test, training=False))
+    content = convert.to_tflite(qat)  # no representative_data: the product inside has a QAT range
+    assert np_sqnr(reference, only_output(content, x_test).reshape(reference.shape)) > 30.0
+
+
+def test_untraced_the_same_layer_needs_representative_data(digits, monkeypatch):
+    from kopt.quantization import registry
+
+    monkeypatch.setattr(registry, "is_opaque", lambda layer: False)
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = L.ReLU()(ScaledSum(0.2, name="scaled_sum")([x, L.Conv2D(8, 1)(x)]))
+    model = _trained(keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x))), digits)
+    qat = quantization.quantize_model(model)
+    assert isinstance(qat.get_layer("quant_scaled_sum"), QuantizeWrapper)
+    x_train, y, _ = digits
+    qat.compile("adam", LOSS)
+    qat.fit(x_train, y, epochs=1, batch_size=64, verbose=0)
+    with pytest.raises(ValueError, match="scaled_sum.*representative_data"):
+        convert.to_tflite(qat)
