@@ -18,6 +18,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from kopt._keras.clone import is_graph_model
 from kopt._keras.nodes import graph_nodes
 from kopt._keras.operations import is_elementwise_operation
 
@@ -162,6 +163,19 @@ class DependencyGraph:
         for tensor in self.model.outputs:
             self._block(self.tensor_ids.get(id(tensor)), f"output channels of the model ('{tensor.name}')")
 
+    def _nested(self, model, in_ids):
+        """A nested Sequential/Functional model: its graph is followed as if it were inlined."""
+        inner = model if not isinstance(model, keras.Sequential) else keras.Model(model.inputs, model.outputs)
+        for tensor, ids in zip(inner.inputs, in_ids):
+            self.tensor_ids[id(tensor)] = ids
+        for op, inputs, outputs in graph_nodes(inner):
+            if isinstance(op, L.InputLayer):
+                continue
+            ids = self._propagate(op, inputs, [self.tensor_ids.get(id(t)) for t in inputs], outputs)
+            for tensor, value in zip(outputs, ids):
+                self.tensor_ids[id(tensor)] = value
+        return [self.tensor_ids.get(id(t)) for t in inner.outputs]
+
     def _unknown(self, op, inputs, in_ids, outputs, reason):
         for tensor, ids in zip(inputs, in_ids):
             self._block(ids, reason)
@@ -172,6 +186,8 @@ class DependencyGraph:
         if isinstance(op, L.InputLayer):
             return [self._fresh(t, f"channels of the model's input '{op.name}'") for t in outputs]
         if isinstance(op, keras.Model):
+            if is_graph_model(op) and op.inputs and len(op.inputs) == len(inputs):
+                return self._nested(op, in_ids)
             return self._unknown(op, inputs, in_ids, outputs, f"they feed the nested model {name}, kept whole")
         first = in_ids[0] if in_ids else None
         if not isinstance(op, L.Layer):

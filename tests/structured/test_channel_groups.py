@@ -81,3 +81,31 @@ def test_a_sequential_model_and_bad_input():
         structured.channel_groups(keras.Sequential([L.Dense(2)]))
     with pytest.raises(ValueError, match="Sequential or Functional"):
         structured.channel_groups(L.Dense(2))
+
+
+def test_nested_models_are_followed_as_if_inlined():
+    inner = keras.Sequential([keras.Input((8,)), L.Dense(16, name="in1"), L.Dense(16, name="in2")], name="inner")
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(inner(inputs)))
+    groups = _by_producer(structured.channel_groups(model))
+    assert groups[("in1",)].prunable and "in2" in groups[("in1",)].layers
+    assert groups[("in2",)].prunable and "head" in groups[("in2",)].layers
+    small = structured.prune_channels(model, ratio=0.5, round_to=0)
+    assert small.get_layer("inner").get_layer("in1").units == 8
+
+
+def test_a_keras_hub_cnn_prunes_through_its_backbone():
+    import keras_hub
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[2, 2], stackwise_num_strides=[1, 2], block_type="bottleneck_block",
+        use_pre_activation=False, image_shape=(32, 32, 3))
+    model = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10)
+    groups = structured.channel_groups(model)
+    assert [g.prunable for g in groups].count(False) == 1  # only the 10 logits stay
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(structured.prune_channels(model, ratio=0.0)(x), model(x), atol=1e-5)
+    assert structured.prune_channels(model, ratio=0.5).count_params() < 0.3 * model.count_params()
