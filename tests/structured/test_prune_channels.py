@@ -141,3 +141,12 @@ def test_ignored_layers_keep_their_groups():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         structured.prune_channels(_branchy(), **kwargs)
+
+
+def test_groups_left_whole_are_named_in_a_log_line(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kopt"):
+        structured.prune_channels(_branchy(), ratio=0.5)
+    (line,) = [r.getMessage() for r in caplog.records if "left whole" in r.getMessage()]
+    assert "head (output channels of the model" in line
