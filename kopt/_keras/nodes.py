@@ -13,6 +13,20 @@ def producer(tensor):
     return history.operation if history is not None else None
 
 
+def graph_calls(model):
+    """Like `graph_nodes`, with each call's arguments: `[(operation, inputs, outputs, (args, kwargs))]`."""
+    operations = model.operations
+    known = {id(op) for op in operations}
+    result = []
+    for op in operations:
+        for node in op._inbound_nodes:  # private: the calls of `op` (no public accessor)
+            arguments = (node.arguments.args, node.arguments.kwargs)
+            inputs = [t for t in keras.tree.flatten(arguments) if isinstance(t, keras.KerasTensor)]
+            if all(id(producer(t)) in known for t in inputs):
+                result.append((op, inputs, list(node.output_tensors), arguments))
+    return result
+
+
 def graph_nodes(model):
     """`[(operation, inputs, outputs)]` for every call in a Functional `model`, in topological order.
 
@@ -23,13 +37,4 @@ def graph_nodes(model):
         A list of triples: the layer or plain operation, the list of symbolic tensors it took (positional and
         keyword arguments, flattened) and the list it gave. Calls of a shared layer in other models are left out.
     """
-    operations = model.operations
-    known = {id(op) for op in operations}
-    result = []
-    for op in operations:
-        for node in op._inbound_nodes:  # private: the calls of `op` (no public accessor)
-            inputs = [t for t in keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
-                      if isinstance(t, keras.KerasTensor)]
-            if all(id(producer(t)) in known for t in inputs):
-                result.append((op, inputs, list(node.output_tensors)))
-    return result
+    return [(op, inputs, outputs) for op, inputs, outputs, _ in graph_calls(model)]

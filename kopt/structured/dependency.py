@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from kopt._keras.clone import is_graph_model
-from kopt._keras.nodes import graph_nodes
+from kopt._keras.nodes import graph_calls, graph_nodes
 from kopt._keras.operations import is_elementwise_operation
 
 L = keras.layers
@@ -57,6 +57,9 @@ class LayerChannels:
     role: str  # "producer", "per_channel", "reshape" or "embedding"
     inputs: list = None  # channel ids of the input's last axis (producers: the rows of the kernel)
     outputs: list = None  # producers: the ids of the new channels; per-channel layers: same as inputs
+    key_inputs: list = None  # attention: the channel ids of the key and value inputs, and one id per head
+    value_inputs: list = None
+    heads: list = None
 
 
 @dataclasses.dataclass
@@ -155,9 +158,9 @@ class DependencyGraph:
         return known
 
     def _analyse(self):
-        for op, inputs, outputs in graph_nodes(self.model):
+        for op, inputs, outputs, arguments in graph_calls(self.model):
             in_ids = [self.tensor_ids.get(id(t)) for t in inputs]
-            out_ids = self._propagate(op, inputs, in_ids, outputs)
+            out_ids = self._propagate(op, inputs, in_ids, outputs, arguments)
             for tensor, ids in zip(outputs, out_ids):
                 self.tensor_ids[id(tensor)] = ids
         for tensor in self.model.outputs:
@@ -168,10 +171,10 @@ class DependencyGraph:
         inner = model if not isinstance(model, keras.Sequential) else keras.Model(model.inputs, model.outputs)
         for tensor, ids in zip(inner.inputs, in_ids):
             self.tensor_ids[id(tensor)] = ids
-        for op, inputs, outputs in graph_nodes(inner):
+        for op, inputs, outputs, arguments in graph_calls(inner):
             if isinstance(op, L.InputLayer):
                 continue
-            ids = self._propagate(op, inputs, [self.tensor_ids.get(id(t)) for t in inputs], outputs)
+            ids = self._propagate(op, inputs, [self.tensor_ids.get(id(t)) for t in inputs], outputs, arguments)
             for tensor, value in zip(outputs, ids):
                 self.tensor_ids[id(tensor)] = value
         return [self.tensor_ids.get(id(t)) for t in inner.outputs]
@@ -181,7 +184,7 @@ class DependencyGraph:
             self._block(ids, reason)
         return [self._fresh(t, reason) for t in outputs]
 
-    def _propagate(self, op, inputs, in_ids, outputs):
+    def _propagate(self, op, inputs, in_ids, outputs, arguments=((), {})):
         name = f"{type(op).__name__} '{op.name}'"
         if isinstance(op, L.InputLayer):
             return [self._fresh(t, f"channels of the model's input '{op.name}'") for t in outputs]
@@ -211,6 +214,8 @@ class DependencyGraph:
             produced = known.outputs if known is not None else self._fresh(outputs[0])
             self._record(op, "embedding", None, produced)
             return [produced]
+        if type(op) is L.MultiHeadAttention:
+            return self._attention(op, inputs, in_ids, outputs, arguments, name)
         if isinstance(op, _DEPTHWISE) and first is not None:
             if op.depth_multiplier != 1 or not _channels_last(op):
                 return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (depth_multiplier > 1)")
@@ -257,6 +262,31 @@ class DependencyGraph:
             return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which reshapes the channel axis")
         return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which kopt cannot slice")
 
+    def _attention(self, op, inputs, in_ids, outputs, arguments, name):
+        """Keras's MultiHeadAttention: its heads are a group of their own; it reads the query, key and value
+        channels, and (with no `output_shape`) its output channels are the query's."""
+        args, kwargs = arguments
+        query = args[0] if args else kwargs.get("query")
+        value = args[1] if len(args) > 1 else kwargs.get("value")
+        key = args[2] if len(args) > 2 else kwargs.get("key")
+        key = value if key is None else key
+        ids = [self.tensor_ids.get(id(t)) if t is not None else None for t in (query, key, value)]
+        config = op.get_config()
+        if (any(i is None for i in ids) or config.get("output_shape") is not None or config.get("use_gate")
+                or len(query.shape) != 3):
+            return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (gated, output_shape or "
+                                 "attention over several axes)")
+        query_ids, key_ids, value_ids = (list(i) for i in ids)
+        known = self.layers.get(id(op))
+        info = self._record(op, "attention", query_ids, query_ids)
+        if known is None:
+            info.key_inputs, info.value_inputs, info.heads = key_ids, value_ids, self.ids.new(op.num_heads)
+        else:
+            self._unite(info.key_inputs, key_ids)
+            self._unite(info.value_inputs, value_ids)
+        result = [list(query_ids)]
+        return result + [self._fresh(t, f"attention scores of {name}") for t in outputs[1:]]
+
     def _operation(self, op, inputs, in_ids, outputs, name):
         if is_elementwise_operation(op) and len(outputs) == 1:
             return [self._merge(inputs, in_ids, outputs[0], name)]
@@ -298,42 +328,49 @@ class DependencyGraph:
 
     def groups(self):
         """The `ChannelGroup`s of the model, in the order their first producer appears."""
-        producers = [info for info in self.layers.values() if info.role in ("producer", "embedding")]
+        entries = []  # (layer name, channel ids it makes)
+        for info in self.layers.values():
+            if info.role in ("producer", "embedding"):
+                entries.append((info.layer.name, info.outputs))
+            elif info.role == "attention":
+                entries.append((info.layer.name, info.heads))
         blocked_classes = {}
         for i, reason in self.blocked.items():
             blocked_classes.setdefault(self.find(i), reason)
         # Producers that share a channel class are one group.
         owner = {}
         components = _UnionFind()
-        component_of = components.new(len(producers))
-        for index, info in enumerate(producers):
-            for i in info.outputs:
+        component_of = components.new(len(entries))
+        for index, (_, ids) in enumerate(entries):
+            for i in ids:
                 c = self.find(i)
                 if c in owner:
                     components.union(owner[c], component_of[index])
                 else:
                     owner[c] = component_of[index]
         members = {}
-        for index, info in enumerate(producers):
-            members.setdefault(components.find(index), []).append(info)
+        for index, entry in enumerate(entries):
+            members.setdefault(components.find(index), []).append(entry)
         groups = []
-        for infos in members.values():
+        for group_entries in members.values():
             classes = []
-            for info in infos:
-                for i in info.outputs:
+            for _, ids in group_entries:
+                for i in ids:
                     c = self.find(i)
                     if c not in classes:
                         classes.append(c)
             class_set = set(classes)
-            followers = [info.layer.name for info in self.layers.values()
-                         if info.role not in ("producer", "embedding")
-                         and any(self.find(i) in class_set for i in info.outputs or info.inputs or ())]
-            readers = [info.layer.name for info in producers
-                       if info.inputs and any(self.find(i) in class_set for i in info.inputs)]
+
+            def touches(ids):
+                return bool(ids) and any(self.find(i) in class_set for i in ids)
+
+            names = [name for name, _ in group_entries]
+            related = [info.layer.name for info in self.layers.values()
+                       if touches(info.inputs) or touches(info.outputs) or touches(info.key_inputs)
+                       or touches(info.value_inputs)]
             reasons = [blocked_classes[c] for c in classes if c in blocked_classes]
-            names = [info.layer.name for info in infos]
             groups.append(ChannelGroup(
                 index=len(groups), channels=len(classes), producers=names,
-                layers=names + [n for n in followers + readers if n not in names],
+                layers=names + [n for n in related if n not in names],
                 prunable=not reasons, reason=reasons[0] if reasons else "", classes=classes))
         return groups

@@ -62,9 +62,17 @@ def prune_channels_low_magnitude(model, pruning_schedule=None, importance="l2", 
         raise ValueError(f"`round_to` must be a non-negative integer (8 by default, 0 for none); got {round_to!r}.")
     graph = DependencyGraph(_functional(model, "model"))
     ignored = _ignored_names(ignored_layers, model)
-    groups = [g for g in graph.groups() if g.prunable and not set(g.producers) & ignored]
+    # Attention layers take no masks (their heads and input rows are sliced by prune_channels only): groups they
+    # read or make are left whole here.
+    attention = {graph.find(i) for info in graph.layers.values() if info.role == "attention"
+                 for ids in (info.inputs, info.key_inputs, info.value_inputs, info.heads) for i in ids}
+    all_groups = graph.groups()
+    for group in all_groups:
+        if group.prunable and attention & set(group.classes):
+            group.prunable, group.reason = False, "read or made by MultiHeadAttention (prune_channels slices it)"
+    groups = [g for g in all_groups if g.prunable and not set(g.producers) & ignored]
     group_of = {c: g.index for g in groups for c in g.classes}
-    left = [g for g in graph.groups() if not g.prunable]
+    left = [g for g in all_groups if not g.prunable]
     if left:
         logger.info("prune_channels_low_magnitude: groups left whole: %s", "; ".join(
             f"{', '.join(g.producers)} ({g.reason})" for g in left))

@@ -33,13 +33,26 @@ def _add(scores, graph, ids, values):
         scores[c] = scores.get(c, 0.0) + float(value)
 
 
+def head_values(layer, norm):
+    """One score per attention head: the norm of its query, key, value and output kernel slices together."""
+    kernels = [keras.ops.convert_to_numpy(v) for v in (
+        layer.query_dense.kernel, layer.key_dense.kernel, layer.value_dense.kernel)]
+    per_head = [np.moveaxis(k, 1, 0).reshape(k.shape[1], -1) for k in kernels]
+    per_head.append(keras.ops.convert_to_numpy(layer.output_dense.kernel).reshape(layer.num_heads, -1))
+    values = np.concatenate(per_head, axis=1).astype(np.float64)
+    return np.abs(values).sum(1) if norm == "l1" else np.sqrt((values ** 2).sum(1))
+
+
 def weight_scores(graph, norm):
-    """`{channel class: score}`: the L1 or L2 norm of each output filter, summed over the group's producers."""
+    """`{channel class: score}`: the L1 or L2 norm of each output filter, summed over the group's producers
+    (and of each attention head's kernel slices)."""
     scores = {}
     for info in graph.layers.values():
         if info.role in ("producer", "embedding"):
             kernel = keras.ops.convert_to_numpy(kernel_of(info.layer))
             _add(scores, graph, info.outputs, per_output(kernel, output_axis(info.layer), norm))
+        elif info.role == "attention":
+            _add(scores, graph, info.heads, head_values(info.layer, norm))
     return scores
 
 

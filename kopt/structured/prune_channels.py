@@ -10,7 +10,7 @@ import numpy as np
 from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers
 from kopt.structured import importance as importance_lib
 from kopt.structured.dependency import DependencyGraph
-from kopt.structured.slicing import sliced_layer
+from kopt.structured.slicing import sliced_attention, sliced_layer
 
 logger = logging.getLogger("kopt")
 
@@ -121,7 +121,9 @@ def _scores(graph, model, importance, data, loss):
         scores = importance_lib.bn_scores(graph)
         fallback = importance_lib.weight_scores(graph, "l2")
         return {c: scores.get(c, value) for c, value in fallback.items()}
-    return importance_lib.taylor_scores(graph, model, data, loss)
+    scores = importance_lib.taylor_scores(graph, model, data, loss)
+    fallback = importance_lib.weight_scores(graph, "l2")  # attention heads: no Taylor score, their norm
+    return {c: scores.get(c, value) for c, value in fallback.items()}
 
 
 def _check_importance(importance, data, model):
@@ -179,6 +181,9 @@ def shrunk_model(model, graph, removed):
         info = graph.layers.get(id(layer))
         if info is None:
             return copy_layer(layer)
+        if info.role == "attention":
+            kept_all = [kept(ids) for ids in (info.inputs, info.key_inputs, info.value_inputs, info.heads)]
+            return copy_layer(layer) if all(k is None for k in kept_all) else sliced_attention(layer, *kept_all)
         kept_in = kept(info.inputs)
         kept_out = kept(info.outputs) if info.role in ("producer", "embedding") else None
         if kept_in is None and kept_out is None:

@@ -80,3 +80,49 @@ def sliced_layer(layer, kept_in=None, kept_out=None):
     if values:
         new.set_weights(values)
     return new
+
+
+def sliced_attention(layer, kept_query=None, kept_key=None, kept_value=None, kept_heads=None):
+    """A Keras `MultiHeadAttention` like `layer` with fewer heads and/or fewer query, key and value channels.
+
+    Its output channels are the query's (no `output_shape`), so they follow `kept_query`.
+
+    Args:
+        layer: a built `keras.layers.MultiHeadAttention`.
+        kept_query, kept_key, kept_value: indices of the channels of each input to keep (None: all).
+        kept_heads: indices of the heads to keep (None: all).
+
+    Returns:
+        The new built layer, named like `layer`.
+    """
+    config = layer.get_config()
+    if kept_heads is not None:
+        config["num_heads"] = len(kept_heads)
+    new = layer_from_config(type(layer), config)
+    shapes = dict(layer.get_build_config()["shapes_dict"])
+
+    def resized(shape, kept):
+        return None if shape is None else (tuple(shape) if kept is None else (*shape[:-1], len(kept)))
+
+    query_shape = resized(shapes["query_shape"], kept_query)
+    value_shape = resized(shapes["value_shape"], kept_value)
+    key_shape = resized(shapes.get("key_shape"), kept_key)
+    new.build(query_shape, value_shape, key_shape)
+    rows = {"query": kept_query, "key": kept_key if shapes.get("key_shape") is not None else kept_value,
+            "value": kept_value}
+    values = []
+    for variable in layer.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        sublayer, name = variable.path.split("/")[-2:]
+        if sublayer in rows:
+            if name == "kernel":
+                value = _take(_take(value, rows[sublayer], 0), kept_heads, 1)
+            else:
+                value = _take(value, kept_heads, 0)
+        elif name == "kernel":  # the output projection: (heads, head size, channels)
+            value = _take(_take(value, kept_heads, 0), kept_query, -1)
+        else:
+            value = _take(value, kept_query, -1)
+        values.append(value)
+    new.set_weights(values)
+    return new

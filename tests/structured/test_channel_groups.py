@@ -62,15 +62,68 @@ def test_squeeze_excite_couples_the_expanding_dense_with_the_convolution():
 def test_groups_kopt_cannot_slice_are_left_with_the_reason():
     inputs = keras.Input((6, 8))
     x = L.Dense(8, name="in_proj")(inputs)
-    x = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    x = L.GRU(8, return_sequences=True, name="rnn")(x)
     y = L.Dense(12, name="to_reshape")(x)
     y = L.Reshape((6, 4, 3))(y)
     y = L.Reshape((6, 12))(y)
     outputs = L.Dense(2, name="head")(L.GlobalAveragePooling1D()(L.Concatenate()([x, y])))
     groups = _by_producer(structured.channel_groups(keras.Model(inputs, outputs)))
-    assert not groups[("in_proj",)].prunable and "mha" in groups[("in_proj",)].reason
+    assert not groups[("in_proj",)].prunable and "rnn" in groups[("in_proj",)].reason
     assert not groups[("to_reshape",)].prunable and "reshape" in groups[("to_reshape",)].reason.lower()
     assert "left" in str(groups[("in_proj",)])
+
+
+def _transformer_block():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 16))
+    x = L.Dense(32, name="embed")(inputs)
+    attended = L.MultiHeadAttention(4, 8, name="mha")(x, x)
+    x = L.LayerNormalization(name="norm")(L.Add()([x, attended]))
+    hidden = L.Dense(64, activation="gelu", name="mlp_in")(x)
+    x = L.Add()([x, L.Dense(32, name="mlp_out")(hidden)])
+    return keras.Model(inputs, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(x)))
+
+
+def test_attention_heads_and_mlp_widths_are_groups():
+    import numpy as np
+
+    model = _transformer_block()
+    groups = _by_producer(structured.channel_groups(model))
+    assert groups[("mha",)].channels == 4 and groups[("mha",)].prunable  # the heads
+    assert groups[("mlp_in",)].channels == 64 and groups[("mlp_in",)].prunable  # the MLP width
+    hidden = groups[("embed", "mlp_out")]  # the residual stream: attention output and MLP output added to it
+    assert hidden.channels == 32 and {"mha", "norm", "head"} <= set(hidden.layers)
+
+    small = structured.prune_channels(model, ratio={"mha": 0.5, "mlp_in": 0.5}, round_to=0)
+    assert small.get_layer("mha").num_heads == 2 and small.get_layer("mlp_in").units == 32
+    x = np.random.default_rng(0).normal(size=(4, 6, 16)).astype("float32")
+    assert np.all(np.isfinite(small(x)))
+    np.testing.assert_allclose(structured.prune_channels(model, ratio=0.0)(x), model(x), atol=1e-5)
+
+
+def test_heads_whose_weights_are_zero_are_removed_without_changing_the_outputs():
+    import numpy as np
+
+    model = _transformer_block()
+    mha = model.get_layer("mha")
+    values = []
+    for variable in mha.weights:
+        value = keras.ops.convert_to_numpy(variable).copy()
+        sublayer, name = variable.path.split("/")[-2:]
+        if sublayer == "value":  # heads 1 and 3 give nothing: zero value kernel and bias
+            if name == "kernel":
+                value[:, [1, 3]] = 0.0
+            else:
+                value[[1, 3]] = 0.0
+        values.append(value)
+    mha.set_weights(values)
+    kernel = keras.ops.convert_to_numpy(mha.output_dense.kernel).copy()
+    kernel[[1, 3]] = 0.0
+    mha.output_dense.kernel.assign(kernel)
+    small = structured.prune_channels(model, ratio={"mha": 0.5}, round_to=0)
+    assert small.get_layer("mha").num_heads == 2
+    x = np.random.default_rng(1).normal(size=(4, 6, 16)).astype("float32")
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
 
 
 def test_a_sequential_model_and_bad_input():

@@ -111,3 +111,18 @@ def test_bad_input():
         structured.prune_channels_low_magnitude(_cnn(), importance="taylor")
     with pytest.raises(ValueError, match="no ChannelPruneWrapper"):
         structured.shrink(_cnn())
+
+
+def test_in_a_transformer_block_the_mlp_width_is_masked_and_attention_groups_stay():
+    from test_channel_groups import _transformer_block
+
+    model = _transformer_block()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6, 16)).astype("float32"), rng.integers(0, 3, 64)
+    pruned = structured.prune_channels_low_magnitude(model, sparsity.ConstantSparsity(0.5, 0), round_to=0)
+    wrapped = {w.layer.name: w for w in pruned.layers if isinstance(w, ChannelPruneWrapper)}
+    assert set(wrapped) == {"mlp_in", "mlp_out"}  # the residual stream and the heads are read by attention
+    _fit(pruned, x, y, 1)
+    small = structured.shrink(pruned)
+    assert small.get_layer("mlp_in").units == 32 and small.get_layer("mha").num_heads == 4
+    np.testing.assert_allclose(small.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-4)
