@@ -18,7 +18,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from kopt._keras.clone import is_graph_model
+from kopt._keras.clone import is_graph_model, traced_graph
 from kopt._keras.nodes import graph_calls, graph_nodes
 from kopt._keras.operations import is_elementwise_operation
 
@@ -260,6 +260,12 @@ class DependencyGraph:
                 self._record(op, "reshape", list(first), list(first))
                 return [list(first)]
             return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which reshapes the channel axis")
+        if not op.weights and op.built:
+            # A custom layer with no weights whose call is keras.ops arithmetic (InceptionResNetV2's scaling
+            # layer): followed through its traced operations. Its config holds no channel count to change.
+            traced = traced_graph(op, op.name)
+            if traced is not None and len(traced.inputs) == len(inputs):
+                return self._nested(traced, in_ids)
         return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which kopt cannot slice")
 
     def _attention(self, op, inputs, in_ids, outputs, arguments, name):
