@@ -82,6 +82,7 @@ class ChannelGroup:
     prunable: bool
     reason: str = ""
     classes: list = dataclasses.field(default_factory=list, repr=False)  # channel class ids, in producer order
+    members: list = dataclasses.field(default_factory=list, repr=False)  # each producer's classes
 
     def __str__(self):
         where = ", ".join(self.producers)
@@ -378,5 +379,6 @@ class DependencyGraph:
             groups.append(ChannelGroup(
                 index=len(groups), channels=len(classes), producers=names,
                 layers=names + [n for n in related if n not in names],
-                prunable=not reasons, reason=reasons[0] if reasons else "", classes=classes))
+                prunable=not reasons, reason=reasons[0] if reasons else "", classes=classes,
+                members=[[self.find(i) for i in ids] for _, ids in group_entries]))
         return groups

@@ -142,6 +142,11 @@ def update_channel_masks(wrappers):
     for classes in members.values():
         count = len(classes) - _kept_count(len(classes), int(len(classes) * sparsity), wrappers[0].round_to)
         masked.update(sorted(classes, key=lambda c: scores[c])[:count])
+    for wrapper in wrappers:  # no layer loses all its channels (possible when a Concatenate feeds the group)
+        if wrapper.output_classes is not None:
+            own = [c for c, g in zip(wrapper.output_classes, wrapper.output_groups) if g >= 0]
+            if own and all(c in masked for c in own):
+                masked.discard(max(own, key=lambda c: scores[c]))
     for wrapper in wrappers:
         if wrapper.output_mask is not None:
             wrapper.output_mask.assign(np.array([0.0 if c in masked else 1.0 for c in wrapper.output_classes],

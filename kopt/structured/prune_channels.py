@@ -141,6 +141,14 @@ def _check_importance(importance, data, model):
     return keras.losses.get(loss) if isinstance(loss, str) else loss
 
 
+def _keep_every_producer(group, removed, scores):
+    """Gives back each producer of `group` its best channel if all of its channels were chosen (a group whose
+    channels come from several producers through a Concatenate can otherwise empty one of them)."""
+    for classes in group.members:
+        if classes and all(c in removed for c in classes):
+            removed.discard(max(classes, key=lambda c: scores.get(c, 0.0)))
+
+
 def select_channels(groups, scores, ratio, ignored, round_to, global_ranking):
     """The channel classes to remove: the lowest-scored `ratio` of each prunable group (or of all, globally)."""
     candidates = [g for g in groups if g.prunable and not (set(g.producers) & ignored)]
@@ -159,12 +167,14 @@ def select_channels(groups, scores, ratio, ignored, round_to, global_ranking):
             count = group.channels - _kept_count(group.channels, len(chosen.get(group.index, ())), round_to)
             order = sorted(group.classes, key=lambda c: scores.get(c, 0.0))
             removed.update(order[:count])
+            _keep_every_producer(group, removed, scores)
         return removed
     for group in candidates:
         share = _group_ratio(group, ratio)
         count = group.channels - _kept_count(group.channels, int(group.channels * share), round_to)
         order = sorted(group.classes, key=lambda c: scores.get(c, 0.0))
         removed.update(order[:count])
+        _keep_every_producer(group, removed, scores)
     return removed
 
 

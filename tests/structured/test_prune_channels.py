@@ -150,3 +150,20 @@ def test_groups_left_whole_are_named_in_a_log_line(caplog):
         structured.prune_channels(_branchy(), ratio=0.5)
     (line,) = [r.getMessage() for r in caplog.records if "left whole" in r.getMessage()]
     assert "head (output channels of the model" in line
+
+
+def test_no_layer_loses_all_its_channels():
+    """a (4 channels, small weights) and b (28) are concatenated and added to y: one group of 32, where the lowest
+    half by score would be all of a's."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    a = L.Conv2D(4, 1, name="a")(inputs)
+    b = L.Conv2D(28, 1, name="b")(inputs)
+    y = L.Conv2D(32, 1, name="y")(inputs)
+    x = L.Add()([L.Concatenate()([a, b]), y])
+    model = keras.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
+    kernel, bias = model.get_layer("a").get_weights()
+    model.get_layer("a").set_weights([kernel * 1e-3, bias])
+    small = structured.prune_channels(model, ratio=0.5, round_to=0)
+    assert small.get_layer("a").filters == 1
+    assert small.get_layer("a").filters + small.get_layer("b").filters == small.get_layer("y").filters
