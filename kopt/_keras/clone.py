@@ -172,6 +172,19 @@ def copy_layer(layer, weights=None):
             "out of the model you optimize.") from error
 
 
+def copy_with_values(layer, substitutes):
+    """A copy of `layer` (see `copy_layer`) whose variables in `substitutes` hold the given values instead.
+
+    Args:
+        layer: a built Keras layer.
+        substitutes: `[(variable, value)]` for some of `layer`'s variables (a wrapper's `effective_weights()`:
+            weights with their masks applied).
+    """
+    given = {id(variable): keras.ops.convert_to_numpy(value) for variable, value in substitutes}
+    return copy_layer(layer, weights=[given[id(w)] if id(w) in given else keras.ops.convert_to_numpy(w)
+                                      for w in layer.weights])
+
+
 def _rebuilt(layer, weights):
     new = layer_from_config(layer.__class__, layer.get_config())
     if layer.built:

@@ -3,9 +3,9 @@
 import logging
 
 import keras
-from keras import ops
 
-from kopt._keras.clone import as_graph_model, copy_layer, is_graph_model, is_subclassed_model, rewrite_model
+from kopt._keras.clone import (
+    as_graph_model, copy_layer, copy_with_values, is_graph_model, is_subclassed_model, rewrite_model)
 from kopt._keras.sublayers import is_keras_layer
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity
@@ -199,10 +199,7 @@ def _copy_wrapper(wrapper):
 
 def _stripped_layer(wrapper):
     """The wrapped layer, copied, with `weight * mask` baked into its weights."""
-    masked = {id(w): ops.convert_to_numpy(value) for w, value in wrapper.effective_weights()}
-    values = [masked.get(id(w), None) for w in wrapper.layer.weights]
-    values = [v if v is not None else ops.convert_to_numpy(w) for v, w in zip(values, wrapper.layer.weights)]
-    return copy_layer(wrapper.layer, weights=values)
+    return copy_with_values(wrapper.layer, wrapper.effective_weights())
 
 
 def strip_pruning(model):

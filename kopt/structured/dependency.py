@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from kopt._keras.clone import is_graph_model, traced_graph
-from kopt._keras.nodes import graph_calls, graph_nodes
+from kopt._keras.nodes import graph_calls
 from kopt._keras.operations import is_elementwise_operation
 
 L = keras.layers

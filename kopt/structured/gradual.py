@@ -2,11 +2,10 @@
 
 import logging
 
-import keras
 import numpy as np
 from keras import ops
 
-from kopt._keras.clone import copy_layer, rewrite_model, walk_layers
+from kopt._keras.clone import copy_layer, copy_with_values, rewrite_model, walk_layers
 from kopt.sparsity.schedules import PolynomialDecay, PruningSchedule
 from kopt.structured import importance as importance_lib
 from kopt.structured.channel_wrapper import ChannelPruneWrapper
@@ -156,14 +155,6 @@ def update_channel_masks(wrappers):
                                                "float32"))
 
 
-def _baked(wrapper):
-    """The wrapped layer, copied, with the masked filters and rows at zero."""
-    masked = {id(v): ops.convert_to_numpy(value) for v, value in wrapper.effective_weights()}
-    values = [masked.get(id(v), None) for v in wrapper.layer.weights]
-    values = [v if v is not None else ops.convert_to_numpy(w) for v, w in zip(values, wrapper.layer.weights)]
-    return copy_layer(wrapper.layer, weights=values)
-
-
 def shrink(model):
     """Removes the channels `prune_channels_low_magnitude` masked: a plain, smaller Keras model.
 
@@ -197,8 +188,8 @@ def shrink(model):
         if wrapper.output_mask is not None:
             mask = ops.convert_to_numpy(wrapper.output_mask)
             masked_positions[wrapper.layer.name] = [k for k, m in enumerate(mask) if m == 0]
-    plain = rewrite_model(model, lambda layer: _baked(layer) if isinstance(layer, ChannelPruneWrapper)
-                          else copy_layer(layer))
+    plain = rewrite_model(model, lambda layer: copy_with_values(layer.layer, layer.effective_weights())
+                          if isinstance(layer, ChannelPruneWrapper) else copy_layer(layer))
     graph = DependencyGraph(_functional(plain, "model"))
     removed = set()
     for info in graph.layers.values():
