@@ -180,7 +180,7 @@ class DependencyGraph:
                 self.tensor_ids[id(tensor)] = value
         return [self.tensor_ids.get(id(t)) for t in inner.outputs]
 
-    def _unknown(self, op, inputs, in_ids, outputs, reason):
+    def _unknown(self, inputs, in_ids, outputs, reason):
         for tensor, ids in zip(inputs, in_ids):
             self._block(ids, reason)
         return [self._fresh(t, reason) for t in outputs]
@@ -192,20 +192,20 @@ class DependencyGraph:
         if isinstance(op, keras.Model):
             if is_graph_model(op) and op.inputs and len(op.inputs) == len(inputs):
                 return self._nested(op, in_ids)
-            return self._unknown(op, inputs, in_ids, outputs, f"they feed the nested model {name}, kept whole")
+            return self._unknown(inputs, in_ids, outputs, f"they feed the nested model {name}, kept whole")
         first = in_ids[0] if in_ids else None
         if not isinstance(op, L.Layer):
             return self._operation(op, inputs, in_ids, outputs, name)
         if isinstance(op, _CONVOLUTIONS + (L.Dense,)) and len(inputs) == 1 and first is not None:
             if getattr(op, "groups", 1) != 1 or not _channels_last(op):
-                return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (grouped or channels-first)")
+                return self._unknown(inputs, in_ids, outputs, f"they feed {name} (grouped or channels-first)")
             known = self.layers.get(id(op))
             produced = known.outputs if known is not None else self._fresh(outputs[0])
             self._record(op, "producer", list(first), produced)
             return [produced]
         if isinstance(op, _SEPARABLE) and len(inputs) == 1 and first is not None:
             if op.depth_multiplier != 1 or not _channels_last(op):
-                return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (depth_multiplier > 1)")
+                return self._unknown(inputs, in_ids, outputs, f"they feed {name} (depth_multiplier > 1)")
             known = self.layers.get(id(op))
             produced = known.outputs if known is not None else self._fresh(outputs[0])
             self._record(op, "producer", list(first), produced)
@@ -219,18 +219,16 @@ class DependencyGraph:
             return self._attention(op, inputs, in_ids, outputs, arguments, name)
         if isinstance(op, _DEPTHWISE) and first is not None:
             if op.depth_multiplier != 1 or not _channels_last(op):
-                return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (depth_multiplier > 1)")
+                return self._unknown(inputs, in_ids, outputs, f"they feed {name} (depth_multiplier > 1)")
             self._record(op, "per_channel", list(first), list(first))
             return [list(first)]
         if isinstance(op, _NORMALIZATIONS) and first is not None:
             if not _last_axis(op.axis, len(inputs[0].shape)):
-                return self._unknown(op, inputs, in_ids, outputs, f"{name} normalizes over other axes")
+                return self._unknown(inputs, in_ids, outputs, f"{name} normalizes over other axes")
             if isinstance(op, L.LayerNormalization) and getattr(op, "rms_scaling", False):
-                return self._unknown(op, inputs, in_ids, outputs, f"{name} uses rms_scaling")
-            if isinstance(op, L.LayerNormalization):
-                # Its statistics are over the channels: removing some changes the others' values. Allowed (as
-                # Torch-Pruning does): the layer normalizes over the channels that remain.
-                pass
+                return self._unknown(inputs, in_ids, outputs, f"{name} uses rms_scaling")
+            # A LayerNormalization's statistics are over the channels: removing some changes the others' values.
+            # Allowed, as Torch-Pruning does: it normalizes over the channels that remain.
             self._record(op, "per_channel", list(first), list(first))
             return [list(first)]
         if isinstance(op, L.PReLU) and first is not None:
@@ -241,14 +239,13 @@ class DependencyGraph:
             self._record(op, "per_channel", list(first), list(first))
             return [list(first)]
         if isinstance(op, _PASS_THROUGH) and len(inputs) == 1:
-            if isinstance(op, L.Rescaling) and np.size(op.scale) > 1 or isinstance(op, L.Rescaling) and np.size(
-                    op.offset) > 1:
-                return self._unknown(op, inputs, in_ids, outputs, f"{name} has per-channel constants")
+            if isinstance(op, L.Rescaling) and (np.size(op.scale) > 1 or np.size(op.offset) > 1):
+                return self._unknown(inputs, in_ids, outputs, f"{name} has per-channel constants")
             return [None if first is None else list(first)]
         if isinstance(op, L.Softmax):
             rank = len(inputs[0].shape)
             if _last_axis(op.axis, rank):
-                return self._unknown(op, inputs, in_ids, outputs, f"{name} normalizes over the channels")
+                return self._unknown(inputs, in_ids, outputs, f"{name} normalizes over the channels")
             return [None if first is None else list(first)]
         if isinstance(op, _MERGES):
             return [self._merge(inputs, in_ids, outputs[0], name)]
@@ -260,14 +257,14 @@ class DependencyGraph:
             if first is not None and inputs[0].shape[-1] == outputs[0].shape[-1]:
                 self._record(op, "reshape", list(first), list(first))
                 return [list(first)]
-            return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which reshapes the channel axis")
+            return self._unknown(inputs, in_ids, outputs, f"they feed {name}, which reshapes the channel axis")
         if not op.weights and op.built:
             # A custom layer with no weights whose call is keras.ops arithmetic (InceptionResNetV2's scaling
             # layer): followed through its traced operations. Its config holds no channel count to change.
             traced = traced_graph(op, op.name)
             if traced is not None and len(traced.inputs) == len(inputs):
                 return self._nested(traced, in_ids)
-        return self._unknown(op, inputs, in_ids, outputs, f"they feed {name}, which kopt cannot slice")
+        return self._unknown(inputs, in_ids, outputs, f"they feed {name}, which kopt cannot slice")
 
     def _attention(self, op, inputs, in_ids, outputs, arguments, name):
         """Keras's MultiHeadAttention: its heads are a group of their own; it reads the query, key and value
@@ -281,7 +278,7 @@ class DependencyGraph:
         config = op.get_config()
         if (any(i is None for i in ids) or config.get("output_shape") is not None or config.get("use_gate")
                 or len(query.shape) != 3):
-            return self._unknown(op, inputs, in_ids, outputs, f"they feed {name} (gated, output_shape or "
+            return self._unknown(inputs, in_ids, outputs, f"they feed {name} (gated, output_shape or "
                                  "attention over several axes)")
         query_ids, key_ids, value_ids = (list(i) for i in ids)
         known = self.layers.get(id(op))
@@ -297,7 +294,7 @@ class DependencyGraph:
     def _operation(self, op, inputs, in_ids, outputs, name):
         if is_elementwise_operation(op) and len(outputs) == 1:
             return [self._merge(inputs, in_ids, outputs[0], name)]
-        return self._unknown(op, inputs, in_ids, outputs, f"they feed the operation {name}, which kopt cannot slice")
+        return self._unknown(inputs, in_ids, outputs, f"they feed the operation {name}, which kopt cannot slice")
 
     def _merge(self, inputs, in_ids, output, name):
         """Element-wise: channel c of each input is channel c of the output (an input with 1 channel broadcasts)."""
@@ -306,7 +303,7 @@ class DependencyGraph:
         for tensor, ids in zip(inputs, in_ids):
             if ids is None or len(ids) != channels:
                 if tensor.shape and tensor.shape[-1] not in (1, None) and tensor.shape[-1] != channels:
-                    return self._unknown(None, inputs, in_ids, [output], f"they feed {name} with mismatched shapes")[0]
+                    return self._unknown(inputs, in_ids, [output], f"they feed {name} with mismatched shapes")[0]
                 continue  # a broadcast scalar or single channel
             if result is None:
                 result = list(ids)
@@ -319,12 +316,12 @@ class DependencyGraph:
         if axis % rank != rank - 1:
             return self._merge(inputs, in_ids, output, name)
         if any(ids is None for ids in in_ids):
-            return self._unknown(None, inputs, in_ids, [output], f"{name} joins tensors of unknown channels")[0]
+            return self._unknown(inputs, in_ids, [output], f"{name} joins tensors of unknown channels")[0]
         return [i for ids in in_ids for i in ids]
 
     def _flatten(self, tensor, ids, output, name):
         if ids is None or any(d is None for d in tensor.shape[1:]):
-            return self._unknown(None, [tensor], [ids], [output], f"they feed {name} with an open spatial size")[0]
+            return self._unknown([tensor], [ids], [output], f"they feed {name} with an open spatial size")[0]
         positions = int(np.prod(tensor.shape[1:-1])) if len(tensor.shape) > 2 else 1
         return list(ids) * positions  # row-major: channel of flat index j is j % C
 
