@@ -4,10 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One TensorFlow compute thread per process: the suite runs two pytest-xdist workers on two cores, and each
-# TensorFlow would otherwise start a thread per core, four busy threads on two cores (measured: the sparsity and
-# quantize tests 185 s -> 177 s). Subprocesses (coverage, notebooks, benchmarks) inherit it.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
