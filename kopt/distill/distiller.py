@@ -66,6 +66,44 @@ def _labeled(labels):
     return ops.where(missing, ops.zeros_like(labels), labels), mask
 
 
+def _batch_size(x, y_pred):
+    """The number of samples in the batch, as a float tensor (the weight of this batch in the epoch's means)."""
+    first = next((value for value in keras.tree.flatten((x, y_pred)) if value is not None), None)
+    return ops.cast(ops.shape(first)[0], "float32")
+
+
+# `keras.losses.Loss` reductions that are a mean over the samples of a batch: what kopt computes (over the
+# labelled samples) whatever the loss object says, so other reductions would be silently ignored.
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
+
+
+def _check_reduction(loss, argument):
+    for loss_fn in keras.tree.flatten(loss):
+        reduction = getattr(loss_fn, "reduction", "sum_over_batch_size")
+        if isinstance(loss_fn, keras.losses.Loss) and reduction not in _MEAN_REDUCTIONS:
+            raise ValueError(
+                f"`{argument}` got {type(loss_fn).__name__}(reduction={reduction!r}), but the Distiller averages "
+                f"the supervised loss over the labelled samples of each batch (reduction='sum_over_batch_size') "
+                f"and would ignore {reduction!r}. Pass the loss with its default reduction.")
+
+
+def _is_kl_divergence(loss_fn):
+    """True for Keras's KL divergence as a name, a function or a `KLDivergence` averaging over the batch."""
+    if isinstance(loss_fn, str):
+        try:
+            loss_fn = keras.losses.get(loss_fn)
+        except ValueError:
+            return False
+    if isinstance(loss_fn, keras.losses.KLDivergence):
+        return loss_fn.reduction in _MEAN_REDUCTIONS
+    return loss_fn is keras.losses.kl_divergence
+
+
+# `keras.Model.compile`'s arguments other than `optimizer`, `loss` and `metrics`, which `Distiller.compile` passes on.
+_MODEL_COMPILE_ARGUMENTS = ("loss_weights", "weighted_metrics", "run_eagerly", "steps_per_execution", "jit_compile",
+                            "auto_scale_loss")
+
+
 def _per_sample(loss_fn, labels, outputs):
     if isinstance(loss_fn, keras.losses.Loss):
         values = loss_fn.call(labels, outputs)  # unreduced, as sample weights need it
@@ -95,10 +133,25 @@ class Distiller(keras.distillation.Distiller):
     - scales its loss under `tf.distribute` as Keras's losses are scaled, and
       adds the student's regularization losses.
 
-    The loss is `student_loss_weight * supervised + (1 - student_loss_weight) *
-    sum(distillation_loss_weights[i] * distillation_losses[i])`, where the
-    supervised loss (from `compile(loss=...)`) averages over the labelled samples
-    of the batch. Pruned and QAT students train as they do alone (keep
+    The loss minimized on each batch is
+
+        student_loss_weight * student_loss
+        + (1 - student_loss_weight) * distillation_loss
+        + the student's regularization losses,
+
+    where `student_loss` is the supervised loss (from `compile(loss=...)`)
+    averaged over the labelled samples of the batch (0 without labels), and
+    `distillation_loss = sum(distillation_loss_weights[i] * distillation_losses[i])`.
+    `fit` and `evaluate` log exactly one figure of it, `loss`, and its two parts,
+    `student_loss` and `distillation_loss` (unweighted by `student_loss_weight`),
+    each averaged over the batches weighted by their number of samples, as Keras
+    averages `loss` (no separate `total_loss`: that is `loss`).
+
+    `compile` also takes the keras.io "Knowledge Distillation" example's
+    arguments (`student_loss_fn`, `distillation_loss_fn`, `alpha`, `temperature`)
+    where they mean the same as kopt's; see `compile`.
+
+    Pruned and QAT students train as they do alone (keep
     `kopt.sparsity.UpdatePruningStep()` in the callbacks); `distiller.student` is
     the trained model, to strip, save or convert.
 
@@ -133,6 +186,15 @@ class Distiller(keras.distillation.Distiller):
     distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     distiller.fit(x, epochs=2, verbose=0)  # no labels: the teacher's outputs alone
     trained = distiller.student
+
+    # The keras.io example's compile call: the same loss as loss=, student_loss_weight=0.1, temperature 10.
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    distiller.compile(optimizer=keras.optimizers.Adam(),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy()],
+                      student_loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      distillation_loss_fn=keras.losses.KLDivergence(), alpha=0.1, temperature=10)
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    # {'distillation_loss': ..., 'loss': ..., 'sparse_categorical_accuracy': ..., 'student_loss': ...}
     ```
     """
 
@@ -186,6 +248,12 @@ class Distiller(keras.distillation.Distiller):
         self._teacher_features = _features_model(teacher, names("teacher_layer_name"))
         self._student_features = _features_model(student, names("student_layer_name"))
         self._student_loss_fn = None
+        self._keras_io_distillation_loss = False  # compile(distillation_loss_fn=...) was given
+        # One loss figure: Keras's own `loss` tracker (created by compile, weighted by batch size) is the total.
+        # keras.distillation.Distiller's `total_loss` tracker would log the same objective a second time, as an
+        # unweighted mean of batches (a different number when the last batch is smaller).
+        self._tracker.untrack(self.total_loss_tracker)
+        del self.total_loss_tracker
 
     # Loss weights and temperature live in variables, so that a callback can change them between steps
     # of a compiled train function.
@@ -243,23 +311,118 @@ class Distiller(keras.distillation.Distiller):
                 "it): its weights would be trained as well. Set `distiller.teacher.trainable = False` and "
                 "compile again.")
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+    def compile(self, optimizer="adam", loss=None, metrics=None, *, student_loss_fn=None, distillation_loss_fn=None,
+                alpha=None, temperature=None, **kwargs):
         """Configures training (`keras.Model.compile`).
+
+        The keras.io "Knowledge Distillation" example's `compile` arguments work
+        here where kopt computes the same formula as the example,
+        `alpha * student_loss_fn(y, s) + (1 - alpha) *
+        distillation_loss_fn(softmax(t / T), softmax(s / T)) * T**2` (its current
+        version; the 2020 one had no `T**2`); otherwise they raise an error that
+        names kopt's argument to use. Arguments left
+        out keep the Distiller's values (the example's defaults, alpha 0.1 and
+        temperature 3, are not applied: kopt's temperature is 4 by default).
 
         Args:
             optimizer: the optimizer of the student.
-            loss: the supervised loss on labels (a name, a `keras.losses.Loss`, or a
-                structure of them for several outputs). May be None when training
-                only on unlabelled data.
+            loss: the supervised loss on labels (a name, a `keras.losses.Loss`
+                averaging over the batch, or a structure of them for several
+                outputs). May be None when training only on unlabelled data.
             metrics: metrics of the student's outputs against the labels (they
                 skip unlabelled samples).
-            **kwargs: passed to `keras.Model.compile`.
+            student_loss_fn: the keras.io example's name for `loss` (give one of
+                the two).
+            distillation_loss_fn: accepted only as the example uses it, Keras's
+                KL divergence (`keras.losses.KLDivergence()` or
+                `"kl_divergence"`), on a Distiller whose `distillation_losses` is
+                one `kopt.distill.LogitsDistillation(from_logits=True)` (the
+                default) with weight 1, and a student with one
+                `(batch, classes)` output: that loss computes the same
+                `T^2 * KL(softmax(t/T) || softmax(s/T))`, in log space (without
+                `KLDivergence`'s clipping of probabilities to [1e-7, 1]). Other
+                values raise a ValueError: pass `distillation_losses=` to the
+                `Distiller` constructor instead.
+            alpha: the example's weight of the student loss; sets
+                `student_loss_weight` (a number in [0, 1]), which weights the
+                distillation loss by `1 - alpha` as the example does.
+            temperature: the example's softmax temperature; sets `temperature`
+                (of the Distiller's `kopt.distill.LogitsDistillation` losses).
+            **kwargs: passed to `keras.Model.compile` (`loss_weights`,
+                `weighted_metrics`, `run_eagerly`, `steps_per_execution`,
+                `jit_compile`, `auto_scale_loss`).
         """
+        unknown = sorted(set(kwargs) - set(_MODEL_COMPILE_ARGUMENTS))
+        if unknown:
+            raise TypeError(
+                f"Distiller.compile() got unexpected argument(s) {unknown}. It takes `optimizer`, `loss`, `metrics`, "
+                f"the keras.io example's `student_loss_fn`, `distillation_loss_fn`, `alpha` and `temperature`, and "
+                f"keras.Model.compile's {list(_MODEL_COMPILE_ARGUMENTS)}. The distillation itself is set in the "
+                f"constructor: kopt.distill.Distiller(teacher, student, distillation_losses=..., "
+                f"distillation_loss_weights=..., student_loss_weight=..., teacher_outputs=...).")
         self._check_teacher_frozen()
+        # Every argument is checked before anything changes: a failed compile leaves the Distiller as it was.
+        if student_loss_fn is not None:
+            if loss is not None:
+                raise ValueError(
+                    "Give the supervised loss once: `loss` or `student_loss_fn` (the keras.io example's name for "
+                    "`loss`), not both.")
+            loss = student_loss_fn
+        _check_reduction(loss, "student_loss_fn" if student_loss_fn is not None else "loss")
+        if alpha is not None:
+            alpha = check_weight(alpha, "alpha")
+        if temperature is not None:
+            temperature = check_temperature(temperature)
+            if not self._temperatures:
+                raise ValueError(
+                    f"`temperature={temperature}` sets the temperature of the Distiller's "
+                    f"kopt.distill.LogitsDistillation losses, and this Distiller has none (its `distillation_losses` "
+                    f"are {self.distillation_losses}). Give the Distiller `distillation_losses="
+                    f"kopt.distill.LogitsDistillation(temperature={temperature})` instead.")
+        if distillation_loss_fn is not None:
+            self._check_keras_io_distillation_loss(distillation_loss_fn)
+        if alpha is not None:
+            self.student_loss_weight = alpha
+        if temperature is not None:
+            self.temperature = temperature
+        self._keras_io_distillation_loss = distillation_loss_fn is not None
         self._student_loss_fn = None if loss is None else keras.tree.map_structure(_loss_function, loss)
         self._student_loss_config = loss
         # keras.Model.compile, not keras.distillation.Distiller.compile, which requires a loss.
         keras.Model.compile(self, optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def _check_keras_io_distillation_loss(self, distillation_loss_fn):
+        """Raises unless the keras.io example's `distillation_loss_fn` is the loss this Distiller computes."""
+        how = ("kopt.distill.LogitsDistillation(temperature=T) is the example's "
+               "`KLDivergence()(softmax(t / T), softmax(s / T)) * T**2`; for another function of the softened "
+               "probabilities, subclass keras.distillation.DistillationLoss (its compute_loss(teacher_outputs, "
+               "student_outputs) returning that value) and pass it as "
+               "kopt.distill.Distiller(teacher, student, distillation_losses=...)")
+        if not _is_kl_divergence(distillation_loss_fn):
+            raise ValueError(
+                f"`distillation_loss_fn={distillation_loss_fn!r}` has no kopt equivalent: kopt takes the "
+                f"distillation loss as the constructor's `distillation_losses`, and `distillation_loss_fn` is "
+                f"accepted only as keras.losses.KLDivergence() (the keras.io example's, averaging over the batch). "
+                f"{how}.")
+        losses, weights = self.distillation_losses, self.distillation_loss_weights
+        if not (len(losses) == 1 and isinstance(losses[0], LogitsDistillation) and losses[0].from_logits
+                and weights == [1.0]):
+            raise ValueError(
+                f"`distillation_loss_fn=KLDivergence()` stands for the keras.io example's single logits loss, but this "
+                f"Distiller has distillation_losses={losses} with distillation_loss_weights={weights}, which compute "
+                f"something else. Drop `distillation_loss_fn` from compile: the constructor's `distillation_losses` "
+                f"are the distillation loss ({how}).")
+        if getattr(self.student, "outputs", None):
+            self._check_keras_io_outputs(self.student.outputs)
+
+    def _check_keras_io_outputs(self, outputs):
+        shapes = [tuple(output.shape) for output in keras.tree.flatten(outputs)]
+        if len(shapes) != 1 or len(shapes[0]) != 2:
+            raise ValueError(
+                f"`distillation_loss_fn` (the keras.io example's) takes the softmax over axis 1 of one output of "
+                f"shape (batch, classes); the student's outputs have shapes {shapes}, where kopt's "
+                f"LogitsDistillation (softmax over the last axis, summed over outputs) computes something else. Drop "
+                f"`distillation_loss_fn` from compile and set the loss with the constructor's `distillation_losses`.")
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -320,6 +483,8 @@ class Distiller(keras.distillation.Distiller):
         student_features = y_pred if self._student_features is not None else {_FINAL: y_pred}
         teacher_features = cached if cached is not None else self.teacher_predict(x)
 
+        if self._keras_io_distillation_loss:  # subclassed students are checked here, on their first batch
+            self._check_keras_io_outputs(outputs)
         student_loss = self._supervised_loss(labels, outputs, sample_weight)
         distillation_loss = ops.zeros((), "float32")
         temperatures = iter(self._temperatures)
@@ -336,10 +501,16 @@ class Distiller(keras.distillation.Distiller):
         total = self._student_loss_weight * student_loss + (1.0 - self._student_loss_weight) * distillation_loss
         for regularization in self.student.losses:
             total = total + ops.cast(ops.sum(regularization), "float32")
-        self.student_loss_tracker.update_state(student_loss)
-        self.distillation_loss_tracker.update_state(distillation_loss)
-        self.total_loss_tracker.update_state(total)
+        # Weighted by the batch's samples, as Keras weights the `loss` figure (the total, logged by the train and
+        # test steps from the value returned here), so that the logged parts add up to the logged `loss`.
+        samples = _batch_size(x, y_pred)
+        self.student_loss_tracker.update_state(student_loss, sample_weight=samples)
+        self.distillation_loss_tracker.update_state(distillation_loss, sample_weight=samples)
         return scale_loss_for_distribution(total)
+
+    def reset_metrics(self):
+        # keras.Model's: keras.distillation.Distiller's also resets the `total_loss` tracker removed in __init__.
+        keras.Model.reset_metrics(self)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = teacher_cache.split_targets(y)
