@@ -4,7 +4,7 @@ Run: `.venv/bin/python benchmarks/measure_thresholds.py` (about 8 minutes on 2 s
 Prints, for the digits CNN and MobileNetV2 (alpha=0.35, 64x64, 10 classes, weights=None), the SQNR and
 decisive top-1 agreement of post-training (PTQ) and quantization-aware (QAT) int8 files, and of QAT files
 broken on purpose (one activation scale in the flatbuffer multiplied by a factor).
-Not a test (no `test_` prefix); `kopt/convert/validate.py` quotes its output.
+Not a test (no `test_` prefix); benchmarks/RESULTS.md ("Validation thresholds") quotes its output.
 """
 
 import os
@@ -17,8 +17,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kopt import convert, quantization  # noqa: E402
-from kopt.convert import validate  # noqa: E402
-from kopt.convert.inspect import run_signature, signature_names  # noqa: E402
+from kopt.convert import tflite as tflite_lib  # noqa: E402
+from kopt.convert import validation  # noqa: E402
+from kopt.convert._litert import run_signature, signature_names  # noqa: E402
 from kopt.datasets import load_digits  # noqa: E402
 from kopt.demo import build_cnn  # noqa: E402
 
@@ -41,7 +42,7 @@ def scale_activation(content, op_name, factor, occurrence=0):
 
 def raw_top1(model, content, x):
     """Top-1 agreement over all samples, near-ties included."""
-    _, _, (reference,) = validate.predict_outputs(model, [x])
+    _, _, (reference,) = validation.predict_outputs(model, [x])
     (input_name,), _ = signature_names(content)
     (got,) = run_signature(content, {input_name: x}).values()
     return float(np.mean(reference.argmax(-1) == got.argmax(-1)))
@@ -50,7 +51,7 @@ def raw_top1(model, content, x):
 def row(label, report, model, content, x):
     output = report.outputs[0]
     top1 = "n/a" if output.top1_agreement is None else f"{output.top1_agreement:.2%}"
-    default, _ = validate.default_thresholds("int8", report.source == "quantization-aware", report.ops)
+    default, _ = validation.default_thresholds("int8", report.source == "quantization-aware", report.ops)
     print(f"| {label} | {report.ops} | {output.sqnr_db:.1f} | {default:g} | {top1} | "
           f"{output.tied_samples}/{report.samples} | {raw_top1(model, content, x[:report.samples]):.2%} |",
           flush=True)
@@ -74,7 +75,7 @@ def digits(qat_epochs):
         for factor in (0.5, 0.8, 1.25, 2.0):
             broken = scale_activation(tflite, op, factor, occurrence)
             row(f"digits CNN, QAT int8, {op} #{occurrence} output scale x{factor}",
-                validate.compare(qat, broken, x_test, "int8", **LOOSE), qat, broken, x_test)
+                tflite_lib.compare(qat, broken, x_test, "int8", **LOOSE), qat, broken, x_test)
 
 
 def inverted_residuals(blocks):
@@ -137,7 +138,7 @@ def mobilenet(train_epochs, qat_epochs, logits=False):
         for factor in (0.5, 2.0):
             broken = scale_activation(tflite, "CONV_2D", factor, occurrence)
             row(f"{label}, QAT int8, CONV_2D #{occurrence} output scale x{factor}",
-                validate.compare(qat, broken, x_test, "int8", **LOOSE), qat, broken, x_test)
+                tflite_lib.compare(qat, broken, x_test, "int8", **LOOSE), qat, broken, x_test)
 
 
 if __name__ == "__main__":

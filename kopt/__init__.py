@@ -1,7 +1,9 @@
 """kopt: model optimization for Keras 3.
 
-Pruning (`kopt.sparsity`) with tensorflow-model-optimization's API, for Keras 3
-models. Submodules are imported on first use, so `import kopt` is cheap and
+Pruning (`kopt.sparsity`), quantization-aware training (`kopt.quantization`),
+channel pruning (`kopt.structured`), distillation, compression-aware search and
+validated TFLite / ONNX conversion (`kopt.convert`) for Keras 3 models, with
+tensorflow-model-optimization's API where it has one. Submodules are imported on first use, so `import kopt` is cheap and
 changes nothing: no environment variables, no Keras version switching.
 
 Example:
@@ -16,7 +18,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("sparsity", "structured", "quantization", "distill", "search", "distribute", "convert", "datasets", "demo", "manifest")
+_SUBMODULES = ("sparsity", "structured", "quantization", "distill", "search", "distribute", "convert", "errors",
+               "datasets", "demo", "manifest")
 
 __all__ = ["__version__", *_SUBMODULES]
 

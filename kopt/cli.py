@@ -1,8 +1,9 @@
 """The `kopt` command line: convert, inspect, benchmark and evaluate models without writing Python.
 
-Every command prints one readable line on failure (`--verbose` shows the traceback). Exit codes: 0 success,
-1 a file that does not match its model (validation failed; nothing is written), 2 bad arguments or input,
-3 an unexpected error.
+Every command prints one readable line on failure (`--verbose` shows the traceback). The exit code follows the
+error's type (`kopt.errors`): 0 success, 1 a file that does not match its model (`ValidationError`: nothing is
+written), 2 bad arguments or input (`ValueError`, `TypeError`, `ImportError`), 3 an unexpected error, 4 a model
+the converter cannot convert as asked (`ConversionError`).
 """
 
 import argparse
@@ -31,8 +32,8 @@ class _UsageError(ValueError):
     """Bad arguments or input: exit code 2."""
 
 
-class _MismatchError(Exception):
-    """The written file would not match its model: exit code 1."""
+# Exit codes by error type, most specific first (ValidationError and ConversionError are ValueErrors too).
+_EXIT_VALIDATION, _EXIT_USAGE, _EXIT_UNEXPECTED, _EXIT_CONVERSION = 1, 2, 3, 4
 
 
 def _say(message):
@@ -186,13 +187,10 @@ def _demo(args):
              target_sparsity=args.sparsity, output_dir=args.output_dir, seed=args.seed)
 
 
-def _save_if_valid(converted, output):
-    """Prints the validation report; writes the file only if it passed."""
+def _report_written(converted, output):
+    """Prints the validation report of a file the converter wrote (it writes only files that passed)."""
     if converted.report is not None:
         print(converted.report)
-        if not converted.report.passed:
-            raise _MismatchError(f"validation failed: {output} was not written (see the report above).")
-    converted.save(output)
     print(f"wrote {output} ({len(converted):,} bytes)")
 
 
@@ -205,14 +203,13 @@ def _convert(args):
     from kopt import convert
 
     what = f"converting to {args.quantization}" + (" (calibrating)" if representative is not None else "")
-    with _Step(what + ", then validating in LiteRT"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The TFLite model does not match")  # the report is printed below
+    with _Step(what + ", then validating in LiteRT"):
         tflite = convert.to_tflite(
-            model, quantization=quantization, representative_data=representative,
+            model, args.output, quantization=quantization, representative_data=representative,
             validation_data=validation, input_type=args.input_type, output_type=args.output_type,
             max_samples=args.max_samples, min_sqnr_db=args.min_sqnr_db, min_top1_agreement=args.min_top1_agreement,
-            on_mismatch="warn", allow_float_ops=args.allow_float_ops)
-    _save_if_valid(tflite, args.output)
+            allow_float_ops=args.allow_float_ops)
+    _report_written(tflite, args.output)
 
 
 def _onnx(args):
@@ -221,10 +218,9 @@ def _onnx(args):
     validation = _load_data(args.validation, "--validation", model) if args.validation else None
     from kopt import convert
 
-    with _Step("exporting to ONNX, then validating in onnxruntime"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The ONNX model does not match")  # the report is printed below
-        onnx = convert.to_onnx(model, opset=args.opset, validation_data=validation, on_mismatch="warn")
-    _save_if_valid(onnx, args.output)
+    with _Step("exporting to ONNX, then validating in onnxruntime"):
+        onnx = convert.to_onnx(model, args.output, opset=args.opset, validation_data=validation)
+    _report_written(onnx, args.output)
 
 
 def _as_json(info):
@@ -400,8 +396,9 @@ def _one_line(error):
 def main(argv=None):
     """Runs the `kopt` command line and returns its exit code.
 
-    Exit codes: 0 success; 1 the converted file does not match its model (nothing written); 2 bad arguments or
-    input; 3 an unexpected error.
+    Exit codes, by the error's type: 0 success; 1 the converted file does not match its model
+    (`kopt.errors.ValidationError`, nothing written); 2 bad arguments or input; 3 an unexpected error; 4 the
+    converter cannot convert the model as asked (`kopt.errors.ConversionError`).
 
     Args:
         argv: the arguments (default: `sys.argv[1:]`).
@@ -424,16 +421,25 @@ def main(argv=None):
     logger.addHandler(progress)
     logger.setLevel(logging.INFO)
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
+    from kopt.errors import ConversionError, ValidationError
+
     try:
         args.run(args)
-    except _MismatchError as error:
-        _say(f"kopt {args.command}: {error}")
-        return 1
+    except ValidationError as error:
+        print(error.report)
+        _say(f"kopt {args.command}: validation failed: {getattr(args, 'output', 'the file')} was not written "
+             "(see the report above).")
+        return _EXIT_VALIDATION
+    except ConversionError as error:
+        if args.verbose:
+            traceback.print_exc()
+        _say(f"kopt {args.command}: cannot convert: {error if args.verbose else _one_line(error)}")
+        return _EXIT_CONVERSION
     except (_UsageError, ValueError, TypeError, ImportError) as error:
         if args.verbose:
             traceback.print_exc()
         _say(f"kopt {args.command}: error: {error if args.verbose else _one_line(error)}")
-        return 2
+        return _EXIT_USAGE
     except KeyboardInterrupt:
         _say(f"kopt {args.command}: interrupted")
         return 130
@@ -441,7 +447,7 @@ def main(argv=None):
         if args.verbose:
             traceback.print_exc()
         _say(f"kopt {args.command}: unexpected {type(error).__name__}: {_one_line(error)}")
-        return 3
+        return _EXIT_UNEXPECTED
     finally:
         logger.removeHandler(progress)
         logger.setLevel(previous_level)

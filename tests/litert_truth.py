@@ -1,6 +1,6 @@
 """Ground truth for the convert tests: LiteRT's interpreter run by signature name, NumPy quantization and SQNR.
 
-Independent of kopt's own runner (`kopt.convert.inspect.run_signature`) and SQNR (`kopt.convert.validate`).
+Independent of kopt's own runner (`kopt.convert._litert.run_signature`) and SQNR (`kopt.convert.validation`).
 """
 
 import numpy as np

@@ -144,6 +144,25 @@ def test_bad_input_is_one_line_with_exit_code_2(files, capsys, argv, message):
     assert not (folder / "out.tflite").exists()
 
 
+def test_exit_codes_follow_the_error_type(files, capsys, monkeypatch):
+    """A model the converter cannot convert (4) is told apart from bad input (2) by type, whatever the message."""
+    from kopt.errors import ConversionError
+
+    folder = files[0]
+
+    def refuse(*args, **kwargs):
+        raise ConversionError("does not match the Keras model (a message that reads like a mismatch)",
+                              ops=["SIN"], layers=["wave"])
+
+    monkeypatch.setattr(convert, "to_tflite", refuse)
+    code, _, err = _run(capsys, "convert", folder / "model.keras", "-o", folder / "out.tflite")
+    assert code == 4 and "cannot convert" in err
+    monkeypatch.setattr(convert, "to_tflite", lambda *a, **k: (_ for _ in ()).throw(ValueError("cannot convert")))
+    code, _, err = _run(capsys, "convert", folder / "model.keras", "-o", folder / "out.tflite")
+    assert code == 2
+    assert not (folder / "out.tflite").exists()
+
+
 def test_verbose_shows_the_traceback(capsys):
     code, _, err = _run(capsys, "inspect", "missing.tflite", "--verbose")
     assert code == 2 and "Traceback" in err

@@ -10,7 +10,7 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, distribute, manifest, quantization, search, sparsity, structured
+from kopt import convert, distill, distribute, errors, manifest, quantization, search, sparsity, structured
 
 
 def _public_objects():
@@ -18,7 +18,7 @@ def _public_objects():
     for module, name in (("sparsity", sparsity), ("structured", structured), ("quantization", quantization),
                          ("convert", convert),
                          ("distill", distill), ("search", search),
-                         ("distribute", distribute), ("manifest", manifest)):
+                         ("distribute", distribute), ("manifest", manifest), ("errors", errors)):
         objects[f"kopt.{module}"] = name
         for attribute in name.__all__:
             value = getattr(name, attribute)
@@ -27,6 +27,8 @@ def _public_objects():
     # Result containers are documented by the functions that return them.
     for name in ("BenchmarkResult", "ONNXInfo", "ONNXModel", "TFLiteInfo", "TFLiteModel", "ValidationReport"):
         objects.pop(f"kopt.convert.{name}", None)
+    for name in ("ConversionError", "KoptError", "ValidationError"):  # the module's example raises and catches one
+        objects.pop(f"kopt.errors.{name}", None)
     for name in ("ChannelGroup", "LowRankReport", "LowRankRow"):
         objects.pop(f"kopt.structured.{name}", None)
     return objects

@@ -5,18 +5,15 @@ import logging
 import os
 import tempfile
 
-import keras
-
-from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.precision import as_float32
-from kopt.convert import data as data_lib
-from kopt.convert import validate as validate_lib
-from kopt.convert.files import ModelFile, check_folder, write_atomically
-from kopt.convert.inspect import inspect
-from kopt.convert.qat_state import check_calibrated as _check_calibrated
-from kopt.convert.qat_state import is_quantization_aware
+from kopt.convert import _data as data_lib
+from kopt.convert import _litert as litert
+from kopt.convert import validation as validation_lib
+from kopt.convert._files import TFLiteModel, write_atomically
+from kopt.convert._qat_state import check_calibrated, is_quantization_aware
+from kopt.errors import ConversionError
 
-__all__ = ["TFLiteModel", "is_quantization_aware", "to_tflite"]
+__all__ = ["TFLiteModel", "compare", "to_tflite"]
 
 logger = logging.getLogger("kopt")
 
@@ -24,24 +21,8 @@ MODES = (None, "float16", "dynamic", "int8", "int16x8")
 _INT_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16"}
 
 
-class TFLiteModel(ModelFile):
-    """The bytes of a .tflite model, with the `report` of its validation and the `path` it was written to.
-
-    Example:
-
-    ```python
-    tflite = kopt.convert.to_tflite(model, quantization=None, validate=False)
-    tflite.save("model.tflite")
-    ```
-    """
-
-
-def _check_arguments(model, path, quantization, input_type, output_type, on_mismatch):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a Keras 3 keras.Model, got {type(model).__module__}.{type(model).__name__}.")
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(f"`model` ('{model.name}') must be built with known inputs: give it a keras.Input.")
-    reject_string_inputs(model, "model", "convert")
+def _check_arguments(model, path, quantization, input_type, output_type, on_mismatch, max_samples):
+    data_lib.check_convertible(model, path, on_mismatch, max_samples)
     if quantization not in MODES:
         raise ValueError(f"`quantization` must be one of {MODES}, got {quantization!r}. "
                          "Use 'int8' for full-integer models (edge devices), None for float32.")
@@ -57,10 +38,6 @@ def _check_arguments(model, path, quantization, input_type, output_type, on_mism
                 f"float inputs and outputs. Use quantization='int8', or {name}='float32' / None.")
         if quantization == "int16x8" and value in ("int8", "uint8"):
             raise ValueError(f"`{name}`={value!r} does not fit quantization='int16x8': use 'int16' or 'float32'.")
-    if on_mismatch not in ("raise", "warn"):
-        raise ValueError(f"`on_mismatch` must be 'raise' or 'warn', got {on_mismatch!r}.")
-    if path is not None:
-        check_folder(path)
 
 
 def _float_ops_message(float_ops, qat, calibrated, shown=8):
@@ -114,7 +91,51 @@ def _convert(model, quantization, calibration, input_type, output_type):
         if quantization in ("int8", "int16x8"):
             converter.inference_input_type = getattr(tf, input_type)
             converter.inference_output_type = getattr(tf, output_type)
-        return converter.convert()
+        try:
+            return converter.convert()
+        except Exception as error:  # the converter's ConverterError, or an error of the MLIR pass it runs
+            raise ConversionError(
+                f"TFLite's converter cannot convert `model` ('{model.name}') with quantization={quantization!r}: "
+                f"{type(error).__name__}: {error}".rstrip()) from error
+
+
+def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, quantization_aware=None,
+            synthetic=False):
+    """Runs `model` and its .tflite file (in LiteRT) on `x` and returns a `ValidationReport` (every output).
+
+    Args:
+        model: the Keras model the file came from.
+        tflite: the .tflite bytes or path (made from `model.export`, so its
+            signature names the inputs and outputs).
+        x: the samples: an array (single input), a list of arrays in
+            `model.inputs` order, or a dict keyed by input name.
+        mode: the conversion mode, for the default thresholds.
+        min_sqnr_db: SQNR threshold; None: the default for `mode` and source.
+        min_top1_agreement: decisive top-1 threshold; None: the default.
+        quantization_aware: whether `model` is a QAT model; None: detect.
+        synthetic: record that `x` is synthetic.
+
+    Returns:
+        A `ValidationReport`.
+    """
+    inputs = data_lib.model_inputs(model)
+    samples = data_lib.as_input_list(x, inputs)
+    if quantization_aware is None:
+        quantization_aware = is_quantization_aware(model)
+    keys, labels, references = validation_lib.predict_outputs(model, samples)
+    input_names, output_names = litert.signature_names(tflite)
+    expected_inputs = [i.name for i in inputs]
+    if sorted(input_names) != sorted(expected_inputs) or sorted(output_names) != sorted(keys):
+        raise ValueError(
+            f"The .tflite signature (inputs {input_names}, outputs {output_names}) does not match the Keras model "
+            f"(inputs {expected_inputs}, outputs {keys}), so outputs cannot be compared by name. Convert the file "
+            "with kopt.convert.to_tflite from this model.")
+    got = litert.run_signature(tflite, {i.name: s for i, s in zip(inputs, samples)})
+    scales = litert.output_scales(tflite)
+    outputs = [validation_lib.compare_output(label, reference, got[key], scales.get(key, 0.0))
+               for key, label, reference in zip(keys, labels, references)]
+    return validation_lib.summarize(outputs, data_lib.count(samples), mode, quantization_aware,
+                                    litert.count_ops(tflite), min_sqnr_db, min_top1_agreement, synthetic)
 
 
 def to_tflite(model, path=None, *, quantization="int8", representative_data=None, input_type=None,
@@ -125,23 +146,23 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     A QAT model (from `kopt.quantization`) converts to int8 with the ranges it
     learned; a float model is quantized post-training from `representative_data`.
     The conversion goes through an exported SavedModel. In "int8" mode every op
-    must run in integer arithmetic: float ops left by the converter are named
-    (with their tensors, which carry the layer names) in a ValueError. With
+    must run in integer arithmetic: float ops left by the converter raise a
+    `kopt.errors.ConversionError` naming them and their layers. With
     `validate`, the file runs in LiteRT's interpreter on held samples and every
     output is compared with the Keras output of the same name (SQNR, max abs
     error, and top-1 agreement on samples whose reference top-1 is decisive,
-    see `kopt.convert.validate`); if any output misses a threshold, this
-    raises (or warns). The file is written only when everything passed,
-    atomically.
+    see `kopt.convert.validation`); if any output misses a threshold, this
+    raises a `kopt.errors.ValidationError` (or warns). The file is written
+    only when everything passed, atomically.
 
     Default thresholds depend on where the int8 ranges come from. A QAT file
     differs from its QAT model only by integer rounding, which compounds with
     depth: int8 QAT files must reach 35 dB less 0.35 dB per op of the file, at
-    least 12 dB (32.9 dB for a 6-op CNN, 12 dB from 66 ops on), and 95%
-    decisive top-1. Post-training int8 files: 12 dB, 95%. Float modes: None
-    50 dB, float16 35 dB, dynamic and int16x8 20 dB. `report.source`,
-    `report.min_sqnr_db` and `str(report)` say which applied (see
-    `kopt.convert.validate.default_thresholds`).
+    least 12 dB, and 95% decisive top-1. Post-training int8 files: 12 dB, 95%.
+    Float modes: None 50 dB, float16 35 dB, dynamic and int16x8 20 dB.
+    `report.source`, `report.min_sqnr_db` and `str(report)` say which applied
+    (see `kopt.convert.validation.default_thresholds`; the measurements behind
+    them: benchmarks/RESULTS.md, "Validation thresholds").
 
     Models with several inputs and outputs work: give data as a list of arrays
     (in `model.inputs` order) or a dict keyed by input name, or a dataset /
@@ -184,8 +205,11 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
 
     Raises:
         ValueError: bad arguments or data; a QAT model whose activation ranges
-            no training step has set (fit it first); float ops left in "int8"
-            mode; a file that does not match the model (`on_mismatch="raise"`).
+            no training step has set (fit it first).
+        kopt.errors.ConversionError: the converter fails, or leaves float ops
+            in "int8" mode (`.ops` and `.layers` name them).
+        kopt.errors.ValidationError: the file does not match the model
+            (`on_mismatch="raise"`); `.report` says by how much.
 
     Example:
 
@@ -204,7 +228,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     tflite = kopt.convert.to_tflite(two, representative_data=data, min_top1_agreement=0.5)
     ```
     """
-    _check_arguments(model, path, quantization, input_type, output_type, on_mismatch)
+    _check_arguments(model, path, quantization, input_type, output_type, on_mismatch, max_samples)
     model = as_float32(model)  # trained under mixed precision: export (and validate) in float32
     integer_mode = quantization in ("int8", "int16x8")
     default_type = {"int8": "int8", "int16x8": "int16"}.get(quantization, "float32")
@@ -213,7 +237,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     inputs = data_lib.model_inputs(model)
     qat = is_quantization_aware(model)
     if qat:
-        _check_calibrated(model)
+        check_calibrated(model)
 
     samples = None
     if representative_data is not None:
@@ -255,14 +279,16 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     logger.info("converted: %s bytes", f"{len(content):,}")
 
     if quantization == "int8" and not allow_float_ops:
-        info = inspect(content)
-        if info.float_ops:
-            raise ValueError(_float_ops_message(info.float_ops, qat, calibration is not None))
+        float_ops = litert.inspect_tflite(content).float_ops
+        if float_ops:
+            raise ConversionError(_float_ops_message(float_ops, qat, calibration is not None),
+                                  ops=sorted({op for op, _ in float_ops}),
+                                  layers=data_lib.layers_named_in(converted, [name for _, name in float_ops]))
 
     report = None
     if validate:
-        report = validate_lib.check_against_model(
-            model, inputs, held, lambda samples, synthetic: validate_lib.compare(
+        report = validation_lib.check_against_model(
+            model, inputs, held, lambda samples, synthetic: compare(
                 model, content, samples, quantization, min_sqnr_db, min_top1_agreement, quantization_aware=qat,
                 synthetic=synthetic),
             "TFLite", quantization_aware=qat, max_samples=max_samples, verbose=verbose, on_mismatch=on_mismatch)

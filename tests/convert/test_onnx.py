@@ -16,6 +16,7 @@ from kopt import convert, quantization
 from kopt.convert import onnx as onnx_lib
 from kopt.datasets import load_digits
 from kopt.demo import build_cnn
+from kopt.errors import ConversionError, ValidationError
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -152,9 +153,10 @@ def test_a_broken_file_fails_validation_and_nothing_is_written(trained, tmp_path
     # The same fault in a fresh export (its input named as the model's input is named now).
     monkeypatch.setattr(onnx_lib, "_export", lambda *args: _scale_activation(export(*args), 0.5, occurrence=2))
     path = tmp_path / "broken.onnx"
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValidationError, match="does not match") as error:
         convert.to_onnx(qat, path, validation_data=x_test)
     assert not os.listdir(tmp_path)
+    assert error.value.report.file_format == "ONNX" and not error.value.report.passed
     with pytest.warns(UserWarning, match="does not match"):
         kept = convert.to_onnx(qat, path, validation_data=x_test, on_mismatch="warn")
     assert not kept.report.passed and path.read_bytes() == bytes(kept)
@@ -163,7 +165,7 @@ def test_a_broken_file_fails_validation_and_nothing_is_written(trained, tmp_path
     other = build_cnn()
     monkeypatch.setattr(onnx_lib, "_export", lambda *args: export(other, None))
     # Refused either by validation or, when the two models' input tensors are named apart, by the input check.
-    with pytest.raises(ValueError, match="does not match|inputs the model does not have"):
+    with pytest.raises((ValidationError, ConversionError), match="does not match|inputs the model does not have"):
         convert.to_onnx(trained[0], tmp_path / "other.onnx", validation_data=x_test)
     assert not (tmp_path / "other.onnx").exists()
 
@@ -277,9 +279,10 @@ def test_bad_models_and_paths(trained, tmp_path, monkeypatch):
 def test_unsupported_op_is_named(tmp_path):
     inputs = keras.Input((4,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(2)(_Erfinv(name="my_erfinv")(inputs)))
-    with pytest.raises(ValueError, match="Erfinv") as error:
+    with pytest.raises(ConversionError, match="Erfinv") as error:
         convert.to_onnx(model, tmp_path / "m.onnx")
     assert "my_erfinv" in str(error.value)
+    assert error.value.ops == ["Erfinv"] and error.value.layers == ["my_erfinv"]
     assert not os.listdir(tmp_path)
 
 
@@ -317,7 +320,7 @@ def test_tensor_attributes_become_constants(tmp_path):
 def test_captured_tensors_are_named(tmp_path):
     inputs = keras.Input((4,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(2)(_Offsets(name="offsets")(inputs)))
-    with pytest.raises(ValueError, match="inputs the model does not have") as error:
+    with pytest.raises(ConversionError, match="inputs the model does not have") as error:
         convert.to_onnx(model, tmp_path / "m.onnx")
     assert "offsets" in str(error.value) and "add_weight" in str(error.value)
     assert not os.listdir(tmp_path)

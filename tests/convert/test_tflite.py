@@ -10,7 +10,7 @@ import tensorflow as tf
 from litert_truth import decisive, np_sqnr, only_output, output_scale
 
 from kopt import convert, quantization
-from kopt.convert import validate
+from kopt.errors import ConversionError, ValidationError
 from kopt.datasets import load_digits
 from kopt.demo import build_cnn
 
@@ -67,7 +67,9 @@ def test_other_modes(trained, mode, input_dtype, weight_dtype):
     dtypes = {t["dtype"] for t in info.tensors if t["constant"] and len(t["shape"]) == 4}
     assert weight_dtype in dtypes, dtypes
     report = tflite.report
-    assert (report.min_sqnr_db, report.min_top1_agreement) == validate.THRESHOLDS[mode]
+    # The documented defaults of the float modes (to_tflite's docstring).
+    documented = {None: (50.0, 0.999), "float16": (35.0, 0.99), "dynamic": (20.0, 0.97), "int16x8": (20.0, 0.97)}
+    assert (report.min_sqnr_db, report.min_top1_agreement) == documented[mode]
     x = x_test[:report.samples]
     truth = np_sqnr(model.predict(x, verbose=0), only_output(tflite, x))
     assert report.sqnr_db == pytest.approx(truth, rel=1e-3)
@@ -88,9 +90,10 @@ def test_float_ops_left_in_int8_mode_are_named(trained):
     hidden = model.layers[-2].name
     qat = quantization.quantize_model(model, float_layers=[hidden])  # the hidden Dense stays float
     qat(x_train[:64], training=True)  # set the activation ranges (an uncalibrated QAT model is refused)
-    with pytest.raises(ValueError, match="FULLY_CONNECTED") as error:
+    with pytest.raises(ConversionError, match="FULLY_CONNECTED") as error:
         convert.to_tflite(qat, validation_data=x_test)
     assert hidden in str(error.value) and "allow_float_ops" in str(error.value)
+    assert "FULLY_CONNECTED" in error.value.ops and hidden in error.value.layers
     tflite = convert.to_tflite(qat, validation_data=x_test, allow_float_ops=True)
     assert not convert.inspect(tflite).is_full_integer
 
@@ -98,9 +101,10 @@ def test_float_ops_left_in_int8_mode_are_named(trained):
 def test_a_mismatch_raises_and_writes_nothing_or_warns(trained, tmp_path):
     model, (x_train, _), (x_test, _) = trained
     path = tmp_path / "model.tflite"
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValidationError, match="does not match") as error:
         convert.to_tflite(model, path, representative_data=x_train, validation_data=x_test, min_sqnr_db=200)
     assert not os.listdir(tmp_path)
+    assert error.value.report.min_sqnr_db == 200 and error.value.report.failed_outputs == ["output_0"]
     with pytest.warns(UserWarning, match="does not match"):
         tflite = convert.to_tflite(model, path, representative_data=x_train, validation_data=x_test,
                                    min_sqnr_db=200, on_mismatch="warn")

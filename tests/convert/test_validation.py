@@ -12,8 +12,9 @@ from litert_truth import count_ops, decisive, litert, np_sqnr, only_output, outp
 
 from kopt import convert, quantization
 from kopt.convert import tflite as tflite_lib
-from kopt.convert import validate
+from kopt.convert import validation
 from kopt.datasets import load_digits
+from kopt.errors import ValidationError
 from kopt.demo import build_cnn
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -47,7 +48,7 @@ def test_qat_file_is_held_to_the_strict_defaults_and_the_report_matches_litert(d
     ops = count_ops(tflite)  # CONV_2D x2, MAX_POOL_2D, RESHAPE, FULLY_CONNECTED x2
     assert report.ops == ops == 6
     assert (report.min_sqnr_db, report.min_top1_agreement) == (pytest.approx(35 - 0.35 * ops), 0.95)
-    assert report.min_sqnr_db > validate.THRESHOLDS["int8"][0] + 20  # far stricter than for post-training files
+    assert report.min_sqnr_db > 12.0 + 20  # far stricter than the documented 12 dB for post-training files
     x = x_test[:report.samples]
     reference = qat.predict(x, verbose=0)
     got = only_output(tflite, x)
@@ -67,18 +68,21 @@ def test_default_thresholds_reject_a_qat_file_with_one_wrong_scale(digits, qat_d
     truth = np_sqnr(qat.predict(x_test, verbose=0), only_output(broken, x_test))
     # Still a plausible file: every op integer, top-1 nearly always right, and above the post-training
     # threshold (measured 21.5 dB), so only the strict QAT default catches it.
-    report = validate.compare(qat, broken, x_test, "int8")
-    assert validate.THRESHOLDS["int8"][0] < truth < report.min_sqnr_db
+    report = tflite_lib.compare(qat, broken, x_test, "int8")
+    assert 12.0 < truth < report.min_sqnr_db  # above the post-training files' documented 12 dB
     assert report.sqnr_db == pytest.approx(truth, abs=1e-3) and not report.passed
     assert report.failed_outputs == [report.outputs[0].name]
-    assert validate.compare(qat, good, x_test, "int8").passed
+    assert tflite_lib.compare(qat, good, x_test, "int8").passed
 
     # Through to_tflite: the broken file is refused and nothing is written.
     monkeypatch.setattr(tflite_lib, "_convert", lambda *args: scale_activation(good, "CONV_2D", 0.5))
     path = tmp_path / "broken.tflite"
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValidationError, match="does not match") as error:
         convert.to_tflite(qat, path, validation_data=x_test)
     assert not list(tmp_path.iterdir())
+    refused = error.value.report  # the report of the refused file: its figure is LiteRT's on the samples it used
+    x = x_test[:refused.samples]
+    assert refused.sqnr_db == pytest.approx(np_sqnr(qat.predict(x, verbose=0), only_output(broken, x)), abs=1e-3)
 
 
 def test_default_thresholds_reject_a_file_whose_qat_range_changed(digits, qat_digits):
@@ -92,7 +96,7 @@ def test_default_thresholds_reject_a_file_whose_qat_range_changed(digits, qat_di
         variable.assign(kept / 2)  # the model's range no longer matches the one in the file
         reference = qat.predict(x_test, verbose=0)
         truth = np_sqnr(reference, only_output(tflite, x_test))
-        report = validate.compare(qat, tflite, x_test, "int8")
+        report = tflite_lib.compare(qat, tflite, x_test, "int8")
     finally:
         variable.assign(kept)
     assert report.sqnr_db == pytest.approx(truth, abs=1e-3)
@@ -103,27 +107,27 @@ def test_post_training_file_gets_the_looser_defaults(digits, qat_digits):
     (x_train, _), (x_test, _) = digits
     model, _ = qat_digits
     report = convert.to_tflite(model, representative_data=x_train[:200], validation_data=x_test).report
-    assert (report.source, report.min_sqnr_db, report.min_top1_agreement) == (
-        "post-training", *validate.THRESHOLDS["int8"])
+    # The documented post-training int8 defaults (to_tflite's docstring): 12 dB, 95%.
+    assert (report.source, report.min_sqnr_db, report.min_top1_agreement) == ("post-training", 12.0, 0.95)
     given = convert.to_tflite(model, representative_data=x_train[:200], validation_data=x_test,
                               min_sqnr_db=5, min_top1_agreement=0.5).report
     assert (given.min_sqnr_db, given.min_top1_agreement, given.default_thresholds) == (5, 0.5, False)
 
 
 def test_qat_default_sqnr_falls_with_the_files_depth_down_to_the_post_training_one():
-    assert validate.default_thresholds("int8", True, ops=6) == (32.9, 0.95)
-    assert validate.default_thresholds("int8", True, ops=40) == (21.0, 0.95)
-    assert validate.default_thresholds("int8", True, ops=69) == validate.THRESHOLDS["int8"] == (12.0, 0.95)
-    assert validate.default_thresholds("int8", False, ops=6) == (12.0, 0.95)
-    assert validate.default_thresholds("dynamic", True, ops=6) == validate.THRESHOLDS["dynamic"]
+    assert validation.default_thresholds("int8", True, ops=6) == (32.9, 0.95)
+    assert validation.default_thresholds("int8", True, ops=40) == (21.0, 0.95)
+    assert validation.default_thresholds("int8", True, ops=69) == (12.0, 0.95)  # the floor: post-training's
+    assert validation.default_thresholds("int8", False, ops=6) == (12.0, 0.95)
+    assert validation.default_thresholds("dynamic", True, ops=6) == (20.0, 0.97)  # QAT changes only int8
 
 
 def test_decisive_samples_formula():
     reference = np.array([[0.0, 1.0, 0.99], [0.0, 1.0, 0.5], [2.55, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    mask, margin = validate.decisive_samples(reference)
+    mask, margin = validation.decisive_samples(reference)
     assert margin == pytest.approx(2 * 2.55 / 255)  # two int8 steps of the output's range
     np.testing.assert_array_equal(mask, [False, True, True, False])
-    mask, margin = validate.decisive_samples(reference, scale=0.3)  # the file's output step is coarser
+    mask, margin = validation.decisive_samples(reference, scale=0.3)  # the file's output step is coarser
     assert margin == pytest.approx(0.6)
     np.testing.assert_array_equal(mask, [False, False, True, False])
 
@@ -146,7 +150,7 @@ def test_top1_agreement_counts_only_decisive_samples():
     assert report.tied_samples == report.outputs[0].tied_samples == 100
     assert report.outputs[0].decisive_samples == 100
     all_samples = np.mean(reference.argmax(-1) == got.argmax(-1))
-    assert all_samples < validate.THRESHOLDS["int8"][1]  # near-ties flip: counting them would fail the file
+    assert all_samples < validation.THRESHOLDS["int8"][1]  # near-ties flip: counting them would fail the file
     assert report.top1_agreement == np.mean(reference[clear].argmax(-1) == got[clear].argmax(-1)) == 1.0
     assert "100 near-tied excluded" in str(report)
 
@@ -293,10 +297,10 @@ def test_multi_input_multi_output_with_list_dict_and_dataset_data(multi):
 def test_one_bad_output_fails_the_file(multi):
     model, (x_train, aux_train, _), (x_test, aux_test) = multi
     tflite = convert.to_tflite(model, representative_data=[x_train, aux_train], validate=False)
-    report = validate.compare(model, tflite, [x_test, aux_test], "int8")
+    report = tflite_lib.compare(model, tflite, [x_test, aux_test], "int8")
     worst, best = sorted(report.outputs, key=lambda o: o.sqnr_db)
     between = (worst.sqnr_db + best.sqnr_db) / 2
-    strict = validate.compare(model, tflite, [x_test, aux_test], "int8", min_sqnr_db=between)
+    strict = tflite_lib.compare(model, tflite, [x_test, aux_test], "int8", min_sqnr_db=between)
     assert strict.failed_outputs == [worst.name] and not strict.passed and strict.sqnr_db == worst.sqnr_db
 
 

@@ -168,7 +168,7 @@ def test_batchnorm_is_folded_and_qat_starts_close_to_float():
     qat.compile(keras.optimizers.SGD(0.0), "mse")
     qat.fit(data, reference, epochs=1, verbose=0)
     got = qat.predict(data, verbose=0)
-    assert convert.validate.sqnr_db(reference, got) > 20
+    assert convert.validation.sqnr_db(reference, got) > 20
     tflite = convert.to_tflite(qat, validation_data=data)
     assert file_sqnr(qat, tflite, data) > 20
 
@@ -302,7 +302,7 @@ def test_separable_convolutions_are_split_and_convert_to_full_int8(two_d):
         ["DepthwiseConv2D", "Conv2D"] if two_d else ["DepthwiseConv1D", "Conv1D"])
     qat.compile(keras.optimizers.SGD(0.0), "mse")
     qat.fit(data, reference, epochs=1, verbose=0)  # calibrate ranges; weights unchanged
-    assert convert.validate.sqnr_db(reference, qat.predict(data, verbose=0)) > 20  # same function as before
+    assert convert.validation.sqnr_db(reference, qat.predict(data, verbose=0)) > 20  # same function as before
     tflite = convert.to_tflite(qat, validation_data=data)
     assert file_sqnr(qat, tflite, data) > 20
 

@@ -1,7 +1,9 @@
-"""Model files in memory and on disk: the bytes a converter returns, written atomically."""
+"""Model files in memory and on disk: the bytes a converter returns, written atomically; plain-JSON figures."""
 
 import os
 import tempfile
+
+import numpy as np
 
 
 def check_folder(path, argument="path"):
@@ -49,3 +51,38 @@ class ModelFile(bytes):
         write_atomically(path, bytes(self))
         self.path = os.fspath(path)
         return self.path
+
+
+class TFLiteModel(ModelFile):
+    """The bytes of a .tflite model, with the `report` of its validation and the `path` it was written to.
+
+    Example:
+
+    ```python
+    tflite = kopt.convert.to_tflite(model, quantization=None, validate=False)
+    tflite.save("model.tflite")
+    ```
+    """
+
+
+class ONNXModel(ModelFile):
+    """The bytes of an ONNX model, with the `report` of its validation and the `path` it was written to.
+
+    Example:
+
+    ```python
+    onnx_model = kopt.convert.to_onnx(model, validate=False)
+    onnx_model.save("model.onnx")
+    ```
+    """
+
+
+def to_plain(value):
+    """`value` with tuples as lists and NumPy scalars as Python numbers (JSON-able)."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -224,22 +224,6 @@ def _collect_iterable(data, inputs, name, limit):
     return result
 
 
-def collect_samples(data, input_shape, name, limit):
-    """Single-input form of `collect_inputs`: one float32 array of shape `(n, *input_shape[1:])`.
-
-    Args:
-        data: a numpy array (or array-like), a `tf.data.Dataset`, a generator or
-            iterable of arrays / `(x, y)` pairs, or a callable returning one.
-        input_shape: the model's input shape, batch dimension first (None allowed).
-        name: the argument's name, for error messages.
-        limit: the most samples to take.
-
-    Returns:
-        A float32 array.
-    """
-    return collect_inputs(data, [ModelInput("input", (), tuple(input_shape), "float32")], name, limit)[0]
-
-
 def count(samples):
     """Number of samples in a list of per-input arrays."""
     return len(samples[0])
@@ -286,3 +270,77 @@ def pack_for_call(model, samples):
     if len(samples) == 1 and not isinstance(structure, (list, tuple)):
         return samples[0]
     return list(samples)
+
+
+def run_in_batches(call, inputs, batch_size):
+    """Runs `call` on consecutive batches of `inputs` and concatenates what it returns, output by output.
+
+    Args:
+        call: a function from `{input name: batch}` to `{output name: array}` (a runtime's one invocation).
+        inputs: `{input name: array}`, all with the same number of samples.
+        batch_size: samples per call.
+
+    Returns:
+        `{output name: array}` over all the samples, in the order `call` returns the outputs.
+    """
+    total = len(next(iter(inputs.values())))
+    results = {}
+    for start in range(0, total, batch_size):
+        for name, y in call({name: x[start:start + batch_size] for name, x in inputs.items()}).items():
+            results.setdefault(name, []).append(y)
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+def check_convertible(model, path, on_mismatch, max_samples):
+    """The checks `to_tflite` and `to_onnx` share: a built Keras model with known, non-string inputs, and options.
+
+    Raises:
+        ValueError: naming the argument and the fix.
+    """
+    import keras
+
+    from kopt._keras.inputs import reject_string_inputs
+    from kopt.convert._files import check_folder
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a Keras 3 keras.Model, got {type(model).__module__}.{type(model).__name__}.")
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"`model` ('{model.name}') must be built with known inputs: give it a keras.Input (e.g. "
+            "keras.Sequential([keras.Input((8,)), ...]) or a Functional model), so its input signature is known.")
+    reject_string_inputs(model, "model", "convert")
+    if on_mismatch not in ("raise", "warn"):
+        raise ValueError(f"`on_mismatch` must be 'raise' or 'warn', got {on_mismatch!r}.")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
+        raise ValueError(f"`max_samples` must be a positive integer, got {max_samples!r}.")
+    if path is not None:
+        check_folder(path)
+
+
+def as_input_list(x, inputs):
+    """Samples `x` (an array, a list of arrays in `inputs` order, or a dict keyed by input name) as a list."""
+    if isinstance(x, list) and len(x) == len(inputs) and all(isinstance(a, np.ndarray) for a in x):
+        return x
+    return collect_inputs(x, inputs, "x", np.iinfo("int64").max)
+
+
+def layers_named_in(model, names):
+    """The names of `model`'s layers that tensor or node names of its converted file carry, in first-seen order.
+
+    Both converters name a file's tensors and nodes by the graph path of the op that made them, e.g.
+    `functional/dense/MatMul;functional/dense/BiasAdd`: a Keras layer's name is one component of it, or that name
+    with a `_N` suffix when the export traced the layer again (TensorFlow makes each name scope unique).
+    """
+    import re
+
+    from kopt._keras.clone import walk_layers
+
+    known = {layer.name for layer in walk_layers(model)}
+    found = []
+    for name in names:
+        for part in re.split(r"[/;:]", name):
+            if part not in known:
+                part = re.sub(r"_\d+$", "", part)
+            if part in known and part not in found:
+                found.append(part)
+    return found

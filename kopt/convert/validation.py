@@ -1,4 +1,6 @@
-"""Comparing a .tflite (or ONNX) model with the Keras model it came from, output by output.
+"""Format-neutral validation: comparing a converted file's outputs with the Keras model's, output by output.
+
+The runtimes (LiteRT for .tflite, onnxruntime for ONNX) run the file; this module compares and decides.
 
 Every output of the file is matched to the Keras output of the same name (the
 SavedModel signature keys `model.export` writes: the dict keys of a dict-output
@@ -29,9 +31,9 @@ import warnings
 
 import numpy as np
 
-from kopt.convert import data as data_lib
-from kopt.convert.qat_state import input_ranges
-from kopt.convert.inspect import output_scales, run_signature, signature_names
+from kopt.convert import _data as data_lib
+from kopt.convert._qat_state import input_ranges
+from kopt.errors import ValidationError
 
 # Default acceptance thresholds, (minimum SQNR in dB, minimum decisive top-1 agreement).
 # Post-training files (a float model converted; its int8 ranges come from calibration) and float files, per mode:
@@ -43,17 +45,9 @@ THRESHOLDS = {
     "int8": (12.0, 0.95),
 }
 # Quantization-aware int8 files. Their ranges are the QAT model's own, so a file differs from its QAT model
-# only where integer kernels round differently from the float simulation (by 1 LSB, e.g. ADD rescales each
-# input before summing). Those differences compound along the graph, so how closely a correct file matches
-# depends on its depth. Measured with benchmarks/measure_thresholds.py (QAT file vs QAT model; ops: ops of
-# the file with a quantized output, see count_ops): digits CNN (6 ops) 53.3-53.8 dB; 10 inverted-residual
-# blocks (43 ops) 32.2 dB; MobileNetV2(alpha=0.35, 64x64, 10 classes, 3 epochs on digits, 81% accurate;
-# 64-65 ops) 18.0 dB (softmax) and 19.3 dB (logits), 97.0-97.9% decisive top-1. Post-training files of the
-# same models: 40.4, 28.3 and 15.1-16.6 dB (93.9-94.7%). A fixed 30 dB would reject that correct MobileNetV2
-# file, so the default SQNR is 35 dB less 0.35 dB per op, never below the post-training 12 dB: 32.9 dB for
-# the digits CNN, which rejects its file with one activation range halved (17.4-21.5 dB; the post-training
-# 12 dB accepts it); 19.95 dB for the 43-op stack; 12.25-12.6 dB for MobileNetV2, whose file with the stem's
-# output scale halved or doubled falls to 0.3-2.9 dB.
+# only where integer kernels round differently from the float simulation, which compounds with depth: the
+# default SQNR is a base less a step per op of the file (`count_ops`), never below the post-training figure.
+# How these figures were measured, and what they reject: benchmarks/RESULTS.md, "Validation thresholds".
 QAT_INT8_SQNR_DB = (35.0, 0.35, 12.0)  # (base, less per op, floor)
 QAT_INT8_TOP1 = 0.95
 TIE_STEPS = 2.0  # a sample is decisive when its reference top-2 margin exceeds 2 quantization steps of the output
@@ -83,26 +77,13 @@ def default_thresholds(mode, quantization_aware, ops=0):
     Example:
 
     ```python
-    min_sqnr_db, min_top1 = kopt.convert.validate.default_thresholds("int8", quantization_aware=True, ops=6)
+    min_sqnr_db, min_top1 = kopt.convert.validation.default_thresholds("int8", quantization_aware=True, ops=6)
     ```
     """
     if quantization_aware and mode == "int8":
         base, per_op, floor = QAT_INT8_SQNR_DB
         return round(max(floor, base - per_op * ops), 2), QAT_INT8_TOP1
     return THRESHOLDS[mode]
-
-
-def count_ops(tflite):
-    """Ops of a .tflite model with a quantized output, other than QUANTIZE/DEQUANTIZE (its depth).
-
-    Shape arithmetic (SHAPE, STRIDED_SLICE, PACK ... on int32) and float ops do
-    not count: this is the number of places the file writes quantized
-    activations, where integer rounding can differ from the QAT simulation.
-    """
-    from kopt.convert.inspect import inspect
-
-    return sum(1 for op in inspect(tflite).ops
-               if op["op"] not in ("QUANTIZE", "DEQUANTIZE") and any(t["scales"] for t in op["outputs"]))
 
 
 @dataclasses.dataclass
@@ -147,7 +128,7 @@ class OutputReport:
 
 @dataclasses.dataclass
 class ValidationReport:
-    """How closely a .tflite model reproduces its Keras model on held samples.
+    """How closely a converted file (.tflite or ONNX) reproduces its Keras model on held samples.
 
     Attributes:
         samples: number of samples compared.
@@ -165,9 +146,9 @@ class ValidationReport:
         tied_samples: near-tied samples excluded from `top1_agreement`.
         outputs: an `OutputReport` per output.
         synthetic: whether the samples were synthetic (no data was given).
-        ops: ops of the file with a quantized output (see `count_ops`; the
-            QAT int8 default SQNR depends on it). For an ONNX file, its
-            QuantizeLinear nodes on activations.
+        ops: the file's depth in quantized ops (the QAT int8 default SQNR
+            depends on it): for a .tflite file, its ops with a quantized
+            output; for an ONNX file, its QuantizeLinear nodes on activations.
         file_format: "ONNX" for an ONNX file; None for a .tflite file.
     """
 
@@ -296,12 +277,6 @@ def predict_outputs(model, samples, batch_size=64):
     return keys, labels, arrays
 
 
-def predict(model, x, batch_size=64):
-    """The Keras model's first output on `x` (an array, or a list of arrays per input), in inference mode."""
-    samples = [x] if isinstance(x, np.ndarray) else list(x)
-    return predict_outputs(model, samples, batch_size)[2][0]
-
-
 def compare_output(label, reference, got, scale, file_kind=".tflite file"):
     """Compares one output of a converted file with the Keras output: an `OutputReport`.
 
@@ -330,50 +305,6 @@ def compare_output(label, reference, got, scale, file_kind=".tflite file"):
             report.top1_agreement = float(np.mean(
                 reference[decisive].argmax(-1) == got[decisive].argmax(-1)))
     return report
-
-
-def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, quantization_aware=None,
-            synthetic=False):
-    """Runs `model` and the .tflite model on `x` and returns a `ValidationReport` (every output).
-
-    Args:
-        model: the Keras model the file came from.
-        tflite: the .tflite bytes or path (made from `model.export`, so its
-            signature names the inputs and outputs).
-        x: the samples: an array (single input), a list of arrays in
-            `model.inputs` order, or a dict keyed by input name.
-        mode: the conversion mode, for the default thresholds.
-        min_sqnr_db: SQNR threshold; None: the default for `mode` and source.
-        min_top1_agreement: decisive top-1 threshold; None: the default.
-        quantization_aware: whether `model` is a QAT model; None: detect.
-        synthetic: record that `x` is synthetic.
-
-    Returns:
-        A `ValidationReport`.
-    """
-    from kopt.convert.qat_state import is_quantization_aware
-
-    inputs = data_lib.model_inputs(model)
-    samples = x if isinstance(x, list) and len(x) == len(inputs) and all(
-        isinstance(a, np.ndarray) for a in x) else data_lib.collect_inputs(x, inputs, "x", np.iinfo("int64").max)
-    if quantization_aware is None:
-        quantization_aware = is_quantization_aware(model)
-    ops = count_ops(tflite)
-
-    keys, labels, references = predict_outputs(model, samples)
-    input_names, output_names = signature_names(tflite)
-    expected_inputs = [i.name for i in inputs]
-    if sorted(input_names) != sorted(expected_inputs) or sorted(output_names) != sorted(keys):
-        raise ValueError(
-            f"The .tflite signature (inputs {input_names}, outputs {output_names}) does not match the Keras model "
-            f"(inputs {expected_inputs}, outputs {keys}), so outputs cannot be compared by name. Convert the file "
-            "with kopt.convert.to_tflite from this model.")
-    got = run_signature(tflite, {i.name: s for i, s in zip(inputs, samples)})
-    scales = output_scales(tflite)
-    outputs = [compare_output(label, reference, got[key], scales.get(key, 0.0))
-               for key, label, reference in zip(keys, labels, references)]
-    return summarize(outputs, data_lib.count(samples), mode, quantization_aware, ops, min_sqnr_db,
-                     min_top1_agreement, synthetic)
 
 
 def summarize(outputs, samples, mode, quantization_aware, ops, min_sqnr_db=None, min_top1_agreement=None,
@@ -432,7 +363,7 @@ def check_against_model(model, inputs, held, compare_file, kind, *, quantization
         quantization_aware: whether `model` is a QAT model (synthetic inputs then stay in its input range).
         max_samples: most synthetic samples.
         verbose: print the report.
-        on_mismatch: "raise" a ValueError or "warn" when the file does not match.
+        on_mismatch: "raise" a `kopt.errors.ValidationError` or "warn" when the file does not match.
 
     Returns:
         The `ValidationReport`.
@@ -451,6 +382,7 @@ def check_against_model(model, inputs, held, compare_file, kind, *, quantization
     if not report.passed:
         message = f"The {kind} model does not match the Keras model: {report}"
         if on_mismatch == "raise":
-            raise ValueError(message + "\nNothing was written. Pass on_mismatch='warn' to keep it anyway.")
+            raise ValidationError(message + "\nNothing was written. Pass on_mismatch='warn' to keep it anyway.",
+                                  report=report)
         warnings.warn(message, stacklevel=3)
     return report

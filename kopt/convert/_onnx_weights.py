@@ -24,6 +24,8 @@ float32 rounding; anything else (a layer the QAT model keeps in float) stays as 
 
 import numpy as np
 
+from kopt.convert._onnx_info import load
+
 # op -> (weight input index, per-channel axis of the weight or None)
 _WEIGHT_INPUTS = {"Conv": (1, 0), "ConvTranspose": (1, None), "MatMul": (1, None), "Gemm": (1, None)}
 # Weights are stored as uint8 around this zero point (U8U8, exact on every CPU; see the module docstring).
@@ -93,8 +95,6 @@ def quantize_weights(content):
     """
     import onnx
     from onnx import helper, numpy_helper
-
-    from kopt.convert.onnx_info import load
 
     proto = load(content)
     graph = proto.graph

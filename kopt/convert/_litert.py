@@ -1,4 +1,6 @@
-"""Looking inside a .tflite file, measuring its accuracy and its latency."""
+"""The LiteRT runtime: reading, running, inspecting and timing .tflite files (`ai_edge_litert`'s interpreter).
+
+Every use of the interpreter's private API is in this module (`_ops`)."""
 
 import collections
 import dataclasses
@@ -9,7 +11,11 @@ import time
 
 import numpy as np
 
-_WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
+from kopt.convert._data import run_in_batches
+from kopt.convert._files import to_plain
+
+# Ops whose weight is one input (its index): the weights `zero_weight_fraction` counts.
+_TFLITE_WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
 _FLOAT = ("float32", "float16", "float64")
 
 
@@ -35,9 +41,18 @@ def interpreter(tflite, threads=1, delegates=True):
     return it
 
 
+def _ops(it):
+    """The interpreter's ops: `{"op_name", "inputs", "outputs", ...}` each, in execution order.
+
+    `Interpreter._get_ops_details` is private, but it is the only way LiteRT's Python API lists the ops of a
+    file (the public `get_tensor_details` lists tensors only); this is its one use in kopt.
+    """
+    return it._get_ops_details()
+
+
 @dataclasses.dataclass
 class TFLiteInfo:
-    """What `inspect` finds in a .tflite file."""
+    """What `kopt.convert.inspect` finds in a .tflite file."""
 
     size_bytes: int
     gzip_bytes: int
@@ -70,17 +85,6 @@ class TFLiteInfo:
         return "\n".join(lines)
 
 
-def to_plain(value):
-    """`value` with tuples as lists and NumPy scalars as Python numbers (JSON-able)."""
-    if isinstance(value, dict):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _tensor(detail, constant):
     params = detail.get("quantization_parameters", {})
     return {
@@ -90,36 +94,21 @@ def _tensor(detail, constant):
     }
 
 
-def inspect(tflite):
-    """Lists the ops, tensor types, quantization parameters, size and weight sparsity of a .tflite or ONNX model.
+def inspect_tflite(tflite):
+    """Lists the ops, tensor types, quantization parameters, size and weight sparsity of a .tflite model.
 
-    ONNX models (an `ONNXModel`, a path ending in .onnx, or ONNX bytes) give
-    an `ONNXInfo` (see `kopt.convert.onnx_info`); anything else is read as a
-    .tflite model.
+    `kopt.convert.inspect` calls this for .tflite files.
 
     Args:
-        tflite: the model's bytes or a path to it (.tflite or .onnx).
+        tflite: the model's bytes or a path to it.
 
     Returns:
-        A `TFLiteInfo`, or an `ONNXInfo` for an ONNX model (print it for a
-        summary; `to_dict()` for JSON).
-
-    Example:
-
-    ```python
-    info = kopt.convert.inspect(kopt.convert.to_tflite(model, quantization=None, validate=False))
-    print(info.op_counts)
-    print(kopt.convert.inspect(kopt.convert.to_onnx(model, validate=False)).op_counts)
-    ```
+        A `TFLiteInfo` (print it for a summary; `to_dict()` for JSON).
     """
-    from kopt.convert import onnx_info
-
-    if onnx_info.is_onnx(tflite):
-        return onnx_info.inspect_onnx(tflite)
     content = read_model(tflite)
     it = interpreter(content, delegates=False)
     details = {d["index"]: d for d in it.get_tensor_details()}
-    ops = it._get_ops_details()
+    ops = _ops(it)
     produced = {i for op in ops for i in op["outputs"]}
     graph_io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
     constant = {i for i in details if i not in produced and i not in graph_io}
@@ -133,8 +122,8 @@ def inspect(tflite):
         ins = [tensors[i] for i in op["inputs"] if i >= 0]
         outs = [tensors[i] for i in op["outputs"]]
         described.append({"op": name, "inputs": ins, "outputs": outs})
-        if name in _WEIGHT_INPUT and len(op["inputs"]) > _WEIGHT_INPUT[name]:
-            weight = op["inputs"][_WEIGHT_INPUT[name]]
+        if name in _TFLITE_WEIGHT_INPUT and len(op["inputs"]) > _TFLITE_WEIGHT_INPUT[name]:
+            weight = op["inputs"][_TFLITE_WEIGHT_INPUT[name]]
             if weight in constant:
                 values = it.get_tensor(weight)
                 zeros += int(np.count_nonzero(values == 0))
@@ -212,7 +201,7 @@ def output_scales(tflite, signature_key=None):
     if not signatures:
         return {}
     details = it.get_signature_runner(signature_key or next(iter(signatures))).get_output_details()
-    producers = {out: op for op in it._get_ops_details() for out in op["outputs"]}
+    producers = {out: op for op in _ops(it) for out in op["outputs"]}
     tensors = {d["index"]: d for d in it.get_tensor_details()}
 
     def scale(index):
@@ -252,14 +241,12 @@ def run_signature(tflite, inputs, batch_size=256, signature_key=None):
     input_details, output_details = runner.get_input_details(), runner.get_output_details()
     if set(inputs) != set(input_details):
         raise ValueError(f"The .tflite signature has inputs {sorted(input_details)}, got {sorted(inputs)}.")
-    total = len(next(iter(inputs.values())))
-    results = {name: [] for name in output_details}
-    for start in range(0, total, batch_size):
-        feed = {name: _to_file_type(x[start:start + batch_size], input_details[name]) for name, x in inputs.items()}
-        outputs = runner(**feed)
-        for name, y in outputs.items():
-            results[name].append(_from_file_type(y, output_details[name]))
-    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+    def call(batch):
+        feed = {name: _to_file_type(x, input_details[name]) for name, x in batch.items()}
+        return {name: _from_file_type(y, output_details[name]) for name, y in runner(**feed).items()}
+
+    return run_in_batches(call, inputs, batch_size)
 
 
 def run(tflite, x, batch_size=256):
@@ -408,3 +395,14 @@ def benchmark(tflite, threads=1, runs=50, warmup=5, batch_size=1, input_shapes=N
     p10, p90 = np.percentile(times, [10, 90])
     return BenchmarkResult(statistics.median(times), statistics.fmean(times), runs, threads, float(p10), float(p90),
                            statistics.pstdev(times))
+
+
+def count_ops(tflite):
+    """Ops of a .tflite model with a quantized output, other than QUANTIZE/DEQUANTIZE (its depth).
+
+    Shape arithmetic (SHAPE, STRIDED_SLICE, PACK ... on int32) and float ops do
+    not count: this is the number of places the file writes quantized
+    activations, where integer rounding can differ from the QAT simulation.
+    """
+    return sum(1 for op in inspect_tflite(tflite).ops
+               if op["op"] not in ("QUANTIZE", "DEQUANTIZE") and any(t["scales"] for t in op["outputs"]))

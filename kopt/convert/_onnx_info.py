@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
-from kopt.convert.inspect import to_plain
+from kopt.convert._files import ONNXModel, to_plain
 
 # Ops whose weight is one input (its index): the weights `zero_weight_fraction` counts.
-_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "ConvInteger": 1, "MatMulInteger": 1,
+_ONNX_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "ConvInteger": 1, "MatMulInteger": 1,
                  "QLinearConv": 3, "QLinearMatMul": 3}
 # Ops a weight may pass through between its initializer and the op that uses it (their first input).
 _PASS_THROUGH = ("Identity", "Transpose", "Reshape", "Cast", "Squeeze", "Unsqueeze", "DequantizeLinear")
@@ -31,8 +31,6 @@ def is_onnx(model):
     .tflite flatbuffer (which carries "TFL3" at bytes 4-8) and start as an
     ONNX `ModelProto` does (field 1, `ir_version`: byte 0x08).
     """
-    from kopt.convert.onnx import ONNXModel
-
     if isinstance(model, ONNXModel):
         return True
     if isinstance(model, (str, os.PathLike)):
@@ -146,7 +144,7 @@ class _Graph:
 
 @dataclasses.dataclass
 class ONNXInfo:
-    """What `inspect` finds in an ONNX model.
+    """What `kopt.convert.inspect` finds in an ONNX model.
 
     Attributes:
         size_bytes: the file's size.
@@ -261,7 +259,7 @@ def inspect_onnx(model):
     zeros = total = 0
     for node in proto.graph.node:
         ops.append({"op": node.op_type, "name": node.name, "inputs": list(node.input), "outputs": list(node.output)})
-        index = _WEIGHT_INPUT.get(node.op_type)
+        index = _ONNX_WEIGHT_INPUT.get(node.op_type)
         if index is not None and len(node.input) > index:
             values = _weight_values(graph, node.input[index])
             if values is not None:
