@@ -68,8 +68,11 @@ def test_float_cnn_agrees_with_keras_in_onnxruntime(trained, tmp_path):
     assert np.mean(got.argmax(-1) == y_test) == pytest.approx(model.evaluate(x_test, y_test, verbose=0)[1], abs=1e-6)
     report = result.report  # its figures are onnxruntime's and NumPy's on the same (first 300) samples
     n = report.samples
-    assert report.max_abs_error == pytest.approx(np.max(np.abs(reference[:n] - got[:n])), rel=1e-5)
-    assert report.sqnr_db == pytest.approx(np_sqnr(reference[:n], got[:n]), abs=1e-3)
+    # Between a float file and its model, the error is float32 rounding (~1e-6 here): its exact value changes with
+    # the kernels Keras picks for a batch size, which differ between CPUs (AVX2-only: 4.8e-6 against 5.7e-6 from a
+    # second run). Both runs must see rounding noise of the same size, far below the 1e-4 a wrong file shows.
+    assert report.max_abs_error == pytest.approx(np.max(np.abs(reference[:n] - got[:n])), rel=0.5)
+    assert report.sqnr_db == pytest.approx(np_sqnr(reference[:n], got[:n]), abs=3.0)
     assert report.passed and report.file_format == "ONNX" and report.min_sqnr_db == 50.0
     assert "ONNX float32" in str(report)
 
