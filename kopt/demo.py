@@ -30,6 +30,9 @@ def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_di
         verbose=1):
     """Dense training -> pruning -> QAT -> full-int8 TFLite, validated; returns the figures.
 
+    The compression is `kopt.recipe`'s (as in the model zoo and `CompressionTuner`): `recipe.prune`, then
+    `recipe.quantize_aware`, the two halves of `recipe.compress`, with the pruned model measured in between.
+
     Args:
         epochs: epochs of dense training.
         prune_epochs: epochs of pruning + fine-tuning.
@@ -51,7 +54,7 @@ def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_di
     """
     import keras
 
-    from kopt import convert, quantization, sparsity
+    from kopt import convert, recipe, sparsity
     from kopt.datasets import load_digits
 
     say = print if verbose else (lambda *a, **k: None)
@@ -68,21 +71,14 @@ def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_di
     float_acc = model.evaluate(x_test, y_test, verbose=0)[1]
 
     say(f"[2/5] pruning to {target_sparsity:.0%} sparsity over {prune_epochs} epochs")
-    steps = int(np.ceil(len(x_train) / 32)) * prune_epochs
-    end_step = max(10, int(steps * 0.7) // 10 * 10)
-    schedule = sparsity.PolynomialDecay(0.0, target_sparsity, begin_step=0, end_step=end_step, frequency=10)
-    pruned = sparsity.prune_low_magnitude(model, pruning_schedule=schedule)
-    pruned.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
-    pruned.fit(x_train, y_train, batch_size=32, epochs=prune_epochs, verbose=fit_verbose,
-               callbacks=[sparsity.UpdatePruningStep()])
-    stripped = sparsity.strip_pruning(pruned)
-    stripped.compile(loss=loss, metrics=["accuracy"])
+    stripped = model
+    if target_sparsity:
+        stripped = recipe.prune(model, x_train, y_train, sparsity=target_sparsity, epochs=prune_epochs,
+                                batch_size=32, verbose=fit_verbose)
     pruned_acc = stripped.evaluate(x_test, y_test, verbose=0)[1]
 
     say(f"[3/5] quantization-aware fine-tuning for {qat_epochs} epochs (zeros kept)")
-    qat = quantization.quantize_model(stripped)
-    qat.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
-    qat.fit(x_train, y_train, batch_size=32, epochs=qat_epochs, verbose=fit_verbose)
+    qat = recipe.quantize_aware(stripped, x_train, y_train, epochs=qat_epochs, batch_size=32, verbose=fit_verbose)
     qat_acc = qat.evaluate(x_test, y_test, verbose=0)[1]
 
     say("[4/5] converting to full int8 TFLite and validating against the QAT model")

@@ -23,13 +23,17 @@ list of values, or (for "sparsity" and "temperature") searched over a
 - "temperature": the distillation temperature (default 4.0).
 
 Searched keys become keras-tuner hyperparameters named "compression/<key>",
-next to the hypermodel's own.
+next to the hypermodel's own. A trial prunes, strips and fine-tunes
+quantization-aware with `kopt.recipe`, the recipe `kopt demo` and the model
+zoo use.
 """
-
-import math
 
 import keras
 import numpy as np
+
+# A trial compresses with kopt's one recipe (as `kopt demo` and the model zoo do): its schedule, step count and
+# fine-tuning compile rule, used by `CompressionTuner`.
+from kopt.recipe import pruning_schedule, recompile_like, steps_per_epoch  # noqa: F401
 
 PREFIX = "compression/"
 QUANTIZATION_MODES = ("int8", "int16x8", "float16", "dynamic", None)
@@ -206,42 +210,6 @@ def label(compression):
     if compression.get("distillation"):
         parts.append(f"distilled T={compression['temperature']:g}")
     return ", ".join(parts)
-
-
-def recompile_like(model, reference, learning_rate_factor=1.0):
-    """Compiles `model` with `reference`'s compile arguments and a fresh optimizer of the same config.
-
-    A constant learning rate is multiplied by `learning_rate_factor`; a schedule is kept as it is.
-    """
-    model.compile_from_config(reference.get_compile_config())
-    if learning_rate_factor != 1.0:
-        try:
-            model.optimizer.learning_rate = float(model.optimizer.learning_rate) * learning_rate_factor
-        except TypeError:  # the optimizer follows a LearningRateSchedule, which cannot be set
-            pass
-    return model
-
-
-def steps_per_epoch(x, batch_size):
-    """Training steps in one epoch over `x` (arrays or a finite dataset), or None when unknown."""
-    if hasattr(x, "cardinality"):
-        steps = int(x.cardinality())
-        return steps if steps > 0 else None
-    first = x[0] if isinstance(x, (list, tuple)) else (next(iter(x.values())) if isinstance(x, dict) else x)
-    return math.ceil(len(first) / (batch_size or 32))
-
-
-def pruning_schedule(sparsity, steps, epochs):
-    """Polynomial ramp to `sparsity` over 70% of the fine-tuning steps (constant when the steps are unknown)."""
-    from kopt import sparsity as kopt_sparsity
-
-    if steps is None:
-        return kopt_sparsity.ConstantSparsity(sparsity, begin_step=0, frequency=10)
-    total = steps * epochs
-    end_step = max(1, int(total * 0.7))
-    frequency = max(1, min(100, end_step // 10))
-    end_step = max(frequency, end_step // frequency * frequency)  # a mask update falls on the last step
-    return kopt_sparsity.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step, frequency=frequency)
 
 
 def as_arrays(data, name):

@@ -82,16 +82,6 @@ def test_fixed_values_need_no_hyperparameter_values():
     assert (values["sparsity"], values["quantization"]) == (0.8, "int8")
 
 
-def test_pruning_schedule_reaches_the_target_within_the_fine_tuning():
-    import numpy as np
-
-    schedule = c.pruning_schedule(0.8, steps=42, epochs=2)
-    pruned_at = [step for step in range(84) if bool(schedule(step)[0])]
-    assert float(schedule(pruned_at[-1])[1]) == pytest.approx(0.8)  # the last mask update is at the target
-    assert float(schedule(pruned_at[0])[1]) < 0.1 and len(pruned_at) >= 5  # a gradual ramp
-    assert np.all(np.diff([float(schedule(step)[1]) for step in pruned_at]) >= 0)
-
-
 def test_numbers_and_ranges_as_users_write_them():
     space = c.resolve_compression({"sparsity": [0, 0.5], "temperature": 2})
     hp = _declared(space)
