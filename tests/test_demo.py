@@ -1,6 +1,7 @@
 """The main job (`kopt demo`) end to end on small settings, and the CLI around it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,3 +30,25 @@ def test_cli_help_lists_demo():
     assert "demo" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "kopt.cli", "demo", "--epochs", "x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--epochs" in bad.stderr
+
+
+def test_kopt_demo_prints_each_progress_line_once(tmp_path):
+    # A fresh process, as users run it: under pytest the root logger already has pytest's handler, which hides the
+    # bug (TensorFlow's absl logging calls logging.basicConfig() on its first message when the root has none).
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "kopt.cli", "demo", "--epochs", "1", "--prune-epochs", "1",
+                           "--qat-epochs", "1", "--output-dir", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+
+    def count(text):
+        return sum(text in line for line in lines)
+
+    for step in range(1, 6):  # the demo's own progress lines
+        assert count(f"[{step}/5] ") == 1, proc.stdout
+    # The converter's progress (the "kopt" logger): one line per event, three conversions (float, pruned, int8).
+    assert count("converting 'digits_cnn' to float32") == 2, proc.stderr
+    assert count("converting 'digits_cnn' to int8") == 1, proc.stderr
+    assert count("against the Keras model") == 3, proc.stderr
+    assert not [line for line in lines if line.startswith("INFO:kopt:")], proc.stderr
