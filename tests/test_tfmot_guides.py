@@ -364,7 +364,7 @@ def test_prune_train_then_export_reaches_the_sparsity(pretrained_weights, data):
                                model_for_pruning.predict(x_train, verbose=0), atol=1e-6)
 
 
-def test_prune_with_block_sparsity():
+def test_prune_with_block_sparsity(data):
     base_model = setup_model()
 
     # For using intrinsics on a CPU with 128-bit registers, together with 8-bit
@@ -374,6 +374,22 @@ def test_prune_with_block_sparsity():
     model_for_pruning = kopt.sparsity.prune_low_magnitude(base_model, **pruning_params)
 
     model_for_pruning.summary()
+
+    assert model_for_pruning.layers[0].block_size == (1, 16)
+    # The default schedule, ConstantSparsity(0.5, 0) with frequency 100, prunes once a fit has run 100 steps (as tfmot).
+    x_train, y_train = data
+    model_for_pruning.compile(loss=keras.losses.categorical_crossentropy, optimizer='adam')
+    model_for_pruning.fit(np.repeat(x_train, 101, 0), np.repeat(y_train, 101, 0), batch_size=1, epochs=1, verbose=0,
+                          callbacks=[kopt.sparsity.UpdatePruningStep()])
+    kernel = keras.ops.convert_to_numpy(kopt.sparsity.strip_pruning(model_for_pruning).layers[0].kernel)
+    # tfmot's block sparsity: zeros come in whole 1x16 blocks. The 20 columns are not a multiple of 16: each row
+    # holds a 16-wide block (columns 0-15) and the 4 columns left (16-19), a block of its own (the mask is the one
+    # tfmot makes for this very kernel shape: tests/sparsity/test_masks.py).
+    zero = kernel == 0
+    for block in (zero[:, :16], zero[:, 16:]):
+        assert np.array_equal(block.all(axis=1), block.any(axis=1))  # no block is partly zero
+    zero_blocks = zero[:, :16].all(axis=1).sum() + zero[:, 16:].all(axis=1).sum()
+    assert zero_blocks == 20  # half of the 40 blocks, ConstantSparsity(0.5)
 
 
 # == Quantization aware training comprehensive guide ====================================================
@@ -459,6 +475,16 @@ def test_quantize_sequential_example():
     quant_aware_model = kopt.quantization.quantize_apply(annotated_model)
 
     quant_aware_model.summary()
+
+    assert _kinds(quant_aware_model) == ["QuantizeLayer", "QuantizeWrapper", "Flatten"]
+    wrapper = quant_aware_model.layers[1]
+    assert isinstance(wrapper, QuantizeWrapper) and isinstance(wrapper.layer, keras.layers.Dense)
+    assert wrapper.layer.units == 20
+    # The annotated Dense computes as a float Dense, on the 8-bit grid of its output range (untrained: [-6, 6]).
+    x = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (wrapper.layer.kernel, wrapper.layer.bias))
+    np.testing.assert_allclose(quant_aware_model.predict(x, verbose=0), np.clip(x @ kernel + bias, -6, 6),
+                               atol=2 * 12.0 / 255)
 
 
 def test_quantize_checkpoint_and_deserialize(pretrained_weights, data):

@@ -2,17 +2,67 @@
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
 
 from kopt.search import compression as c
 
 
-def test_defaults_cover_the_issue_space():
+def _default_choices():
+    """What the tuner tries by default: the values of the hyperparameters the default space declares."""
     space = c.resolve_compression(None)
-    assert space["sparsity"][:2] == (0.0, 0.9)
-    assert set(space["quantization"]) == {"int8", "float16", "dynamic", None}
-    assert set(space["qat"]) == {True, False}
-    assert space["teacher"] is None
+    return space, {p.name.removeprefix(c.PREFIX): p.values for p in _declared(space).space if hasattr(p, "values")}
+
+
+def _small_data():
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 8)).astype("float32")
+    return x, (x[:, 0] * 3).astype("int32").clip(0, 2)
+
+
+def _small_model():
+    # 2,048 weights in the first kernel: dynamic-range quantization leaves kernels under 1,024 weights in float.
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(3)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def test_every_default_sparsity_is_reached_within_the_default_pruning_epochs():
+    from kopt import recipe, sparsity
+
+    space, choices = _default_choices()
+    assert choices["sparsity"][0] == 0 and len(choices["sparsity"]) > 2  # dense is a candidate, then a range
+    x, y = _small_data()
+    model = _small_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    for target in choices["sparsity"][1:]:
+        stripped = recipe.prune(model, x, y, sparsity=target, epochs=space["prune_epochs"], batch_size=32)
+        reached = sparsity.get_sparsity(stripped)
+        assert all(v == pytest.approx(target, abs=0.01) for v in reached.values()), (target, reached)
+    assert not any(v > 0.05 for v in sparsity.get_sparsity(model).values())  # sparsity 0: the model as trained
+
+
+def test_every_default_quantization_makes_the_file_it_names():
+    from kopt import convert, recipe
+
+    space, choices = _default_choices()
+    assert space["teacher"] is None and "distillation" not in choices  # no teacher: nothing to distill from
+    x, y = _small_data()
+    model = _small_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    weight_types = {}
+    for mode in choices["quantization"]:
+        mode = None if mode == c.NO_QUANTIZATION else mode
+        info = convert.inspect(convert.to_tflite(model, quantization=mode, representative_data=x, validation_data=x))
+        kernels = [t for t in info.tensors if t["constant"] and len(t["shape"]) == 2]
+        weight_types[mode] = max(kernels, key=lambda t: np.prod(t["shape"]))["dtype"]  # the (256, 8) kernel
+        assert info.is_full_integer == (mode == "int8"), mode
+        assert info.inputs[0]["dtype"] == ("int8" if mode == "int8" else "float32"), mode
+    assert weight_types == {"int8": "int8", "float16": "float16", "dynamic": "int8", None: "float32"}
+    # int8 both ways, the qat choice: calibrated above, or fine-tuned quantization-aware (default epochs) here.
+    assert set(choices["qat"]) == {True, False}
+    qat = recipe.quantize_aware(model, x, y, epochs=space["qat_epochs"])
+    assert convert.inspect(convert.to_tflite(qat, validation_data=x)).is_full_integer
 
 
 @pytest.mark.parametrize("compression, match", [
