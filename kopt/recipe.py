@@ -226,8 +226,8 @@ def compress(model, x, y=None, *, sparsity=0.8, prune_epochs=2, qat_epochs=1, qu
         qat_epochs: epochs of quantization-aware fine-tuning.
         quantize: False stops after pruning and returns the stripped float model.
         batch_size: as for `model.fit`; with the size of `x` and `prune_epochs` it sets the pruning schedule.
-        seed: if not None, each step that runs is seeded (`keras.utils.set_random_seed`) in turn: the first with
-            `seed`, the second with `seed + 1`.
+        seed: if not None, each phase that runs (pruning, QAT) is seeded (`keras.utils.set_random_seed`) in turn:
+            the first with `seed`, the second with `seed + 1`.
         verbose: as for `model.fit`.
         **fit_kwargs: passed to both fine-tunings' `model.fit` (`shuffle`, `class_weight`, `callbacks`, ...).
 
@@ -253,6 +253,10 @@ def compress(model, x, y=None, *, sparsity=0.8, prune_epochs=2, qat_epochs=1, qu
     if not sparsity and not quantize:
         raise ValueError("`sparsity=0` with `quantize=False` would leave the model as it is: give a sparsity > 0, "
                          "or quantize=True.")
+    if sparsity:
+        _check_epochs(prune_epochs, "prune_epochs")
+    if quantize:
+        _check_epochs(qat_epochs, "qat_epochs")
     _check_compiled(model)
     result = model
     if sparsity:

@@ -133,7 +133,8 @@ def test_learning_rate_can_be_given():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"sparsity": 1.0}, r"`sparsity`.*\[0, 1\).*1.0"),
-    ({"sparsity": 0.5, "prune_epochs": 0}, "`epochs` must be an integer >= 1"),
+    ({"sparsity": 0.5, "prune_epochs": 0}, "`prune_epochs` must be an integer >= 1, got 0"),
+    ({"qat_epochs": 1.5}, "`qat_epochs` must be an integer >= 1, got 1.5"),
     ({"sparsity": 0, "quantize": False}, "leave the model as it is"),
 ])
 def test_bad_arguments_name_the_fix(kwargs, match):
