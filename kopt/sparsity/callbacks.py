@@ -42,9 +42,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
         self.channel_layers = channel_pruned_layers(self.model)
         for layer in self.channel_layers:
-            layer._step_callback_attached = True
+            layer.attach_step_callback()
         for layer in self.prunable_layers:
-            layer._step_callback_attached = True
+            layer.attach_step_callback()
             # Layers of a model that is not built yet get their weights (step -1) in the first step,
             # which counts from 0 all the same (see PruneLowMagnitude.update_masks).
             if layer.built and int(ops.convert_to_numpy(layer.pruning_step)) < 0:

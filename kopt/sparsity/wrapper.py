@@ -6,9 +6,8 @@ import numbers
 import keras
 from keras import ops
 
-from kopt._keras.calls import call_with_values, wrapper_kwargs
 from kopt._keras.clone import build_layer
-from kopt._keras.sublayers import deserialize_layer
+from kopt._keras.scheduled_wrapper import ScheduledWrapper
 from kopt.sparsity import masks as masks_lib
 from kopt.sparsity import registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
@@ -69,7 +68,7 @@ def _two_ints(value, name, example):
 
 
 @keras.saving.register_keras_serializable(package="kopt")
-class PruneLowMagnitude(keras.layers.Wrapper):
+class PruneLowMagnitude(ScheduledWrapper):
     """Wraps a layer so that its weights are magnitude-pruned during training.
 
     For each prunable weight the wrapper keeps a 0/1 `mask` and the magnitude
@@ -137,8 +136,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "from get_prunable_weights()."
             )
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
-        super().__init__(layer, **wrapper_kwargs(layer, kwargs))
-        self._step_callback_attached = False
+        super().__init__(layer, self.pruning_schedule, **kwargs)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -247,40 +245,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for weight, mask in zip(self._pruned_weights, self.masks):
             weight.assign(weight * ops.cast(mask, weight.dtype))
 
-    def call(self, inputs, *args, training=None, **kwargs):
-        if training is not None and not isinstance(training, bool):
-            training = bool(training)
-        if training:
-            if not self._step_callback_attached:
-                raise ValueError(_CALLBACK_ERROR.format(name=self.name))
-            self.update_masks()
-        return call_with_values(self.layer, self.effective_weights(), inputs, *args, training=training, **kwargs)
+    callback_error = _CALLBACK_ERROR
 
-    # -- shapes, masks and config -----------------------------------------------------------
-
-    def compute_output_shape(self, *args, **kwargs):
-        return self.layer.compute_output_shape(*args, **kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        kwargs.pop("training", None)
-        return self.layer.compute_output_spec(*args, **kwargs)
-
-    def compute_mask(self, inputs, previous_mask=None):
-        return self.layer.compute_mask(inputs, previous_mask)
+    def training_step(self):
+        self.update_masks()
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
             "block_size": self.block_size,
             "block_pooling_type": self.block_pooling_type,
             "sparsity_m_by_n": self.sparsity_m_by_n,
         })
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
-        config["layer"] = deserialize_layer(config["layer"], custom_objects=custom_objects)
-        return cls(**config)

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from kopt._keras.calls import call_with_values, wrapper_kwargs
-from kopt._keras.sublayers import deserialize_layer
+from kopt._keras.scheduled_wrapper import ScheduledWrapper
 from kopt.sparsity.schedules import PruningSchedule
 from kopt.structured.importance import kernel_of, output_axis
 
@@ -26,7 +25,7 @@ def _shaped(mask, rank, axis):
 
 
 @keras.saving.register_keras_serializable(package="kopt")
-class ChannelPruneWrapper(keras.layers.Wrapper):
+class ChannelPruneWrapper(ScheduledWrapper):
     """Masks whole channels of one layer during training (made by `prune_channels_low_magnitude`).
 
     The layer computes with its kernel's output filters (and bias entries)
@@ -63,14 +62,12 @@ class ChannelPruneWrapper(keras.layers.Wrapper):
         if not isinstance(pruning_schedule, PruningSchedule):
             raise ValueError(f"`pruning_schedule` must be a kopt.sparsity schedule, got {pruning_schedule!r}.")
         kwargs.setdefault("name", f"prune_channels_{layer.name}")
-        super().__init__(layer, **wrapper_kwargs(layer, kwargs))
-        self.pruning_schedule = pruning_schedule
+        super().__init__(layer, pruning_schedule, **kwargs)
         self.output_classes = None if output_classes is None else [int(c) for c in output_classes]
         self.output_groups = None if output_groups is None else [int(g) for g in output_groups]
         self.input_classes = None if input_classes is None else [int(c) for c in input_classes]
         self.importance = importance
         self.round_to = int(round_to or 0)
-        self._step_callback_attached = False
 
     def build(self, input_shape=None):
         if not self.layer.built:
@@ -99,33 +96,14 @@ class ChannelPruneWrapper(keras.layers.Wrapper):
             result.append((bias, bias * ops.cast(self.output_mask, bias.dtype)))
         return result
 
-    def call(self, inputs, *args, training=None, **kwargs):
-        if training and not self._step_callback_attached:
-            raise ValueError(
-                f"'{self.name}' masks channels during training, and the masks advance only with the "
-                "kopt.sparsity.UpdatePruningStep() callback: pass callbacks=[kopt.sparsity.UpdatePruningStep()] "
-                "to fit.")
-        return call_with_values(self.layer, self.effective_weights(), inputs, *args, training=training, **kwargs)
-
-    def compute_output_shape(self, *args, **kwargs):
-        return self.layer.compute_output_shape(*args, **kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        kwargs.pop("training", None)
-        return self.layer.compute_output_spec(*args, **kwargs)
+    callback_error = ("'{name}' masks channels during training, and the masks advance only with the "
+                      "kopt.sparsity.UpdatePruningStep() callback: pass callbacks=[kopt.sparsity.UpdatePruningStep()] "
+                      "to fit.")
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
             "output_classes": self.output_classes, "output_groups": self.output_groups,
             "input_classes": self.input_classes, "importance": self.importance, "round_to": self.round_to,
         })
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
-        config["layer"] = deserialize_layer(config["layer"], custom_objects=custom_objects)
-        return cls(**config)
