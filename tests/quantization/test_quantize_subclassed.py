@@ -11,6 +11,7 @@ from kopt.datasets import load_digits
 from kopt.quantization.layers import QuantizeLayer
 from kopt.quantization.wrapper import QuantizeWrapper
 from tests.litert_truth import np_sqnr, only_output
+from custom_layers import ScaledSum
 
 L = keras.layers
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -151,21 +152,6 @@ def test_a_model_whose_traced_graph_computes_otherwise_is_quantized_whole(digits
 def test_an_unbuilt_subclassed_model_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match="to_quantize.*not built.*call it on data once"):
         quantization.quantize_model(ResidualNet())
-
-
-@keras.saving.register_keras_serializable(package="kopt_tests")
-class ScaledSum(L.Layer):
-    """`x + y * scale`, as InceptionResNetV2's scaling layer: no weights, keras.ops arithmetic in its call."""
-
-    def __init__(self, scale, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = scale
-
-    def call(self, inputs):
-        return inputs[0] + inputs[1] * self.scale
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
 
 
 def test_a_weightless_custom_layer_is_traced_so_its_arithmetic_gets_ranges(digits, tmp_path):

@@ -4,6 +4,7 @@ import keras
 import pytest
 
 from kopt import structured
+from custom_layers import ScaledSum
 
 L = keras.layers
 
@@ -164,32 +165,17 @@ def test_a_keras_hub_cnn_prunes_through_its_backbone():
     assert structured.prune_channels(model, ratio=0.5).count_params() < 0.3 * model.count_params()
 
 
-@keras.saving.register_keras_serializable(package="kopt_tests")
-class ScaledResidual(L.Layer):
-    """`x + branch * scale`: no weights, keras.ops arithmetic (InceptionResNetV2's scaling layer)."""
-
-    def __init__(self, scale=0.2, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = scale
-
-    def call(self, inputs):
-        return inputs[0] + inputs[1] * self.scale
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
-
 def test_a_weightless_custom_layer_is_followed_through_its_operations():
     import numpy as np
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 6, 3))
     x = L.Conv2D(16, 3, padding="same", name="a")(inputs)
-    x = ScaledResidual(name="scaled")([x, L.Conv2D(16, 1, name="b")(x)])
+    x = ScaledSum(name="scaled")([x, L.Conv2D(16, 1, name="b")(x)])
     model = keras.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
     groups = _by_producer(structured.channel_groups(model))
     assert ("a", "b") in groups and groups[("a", "b")].prunable
     small = structured.prune_channels(model, ratio=0.5, round_to=0)
-    assert small.get_layer("a").filters == 8 and isinstance(small.get_layer("scaled"), ScaledResidual)
+    assert small.get_layer("a").filters == 8 and isinstance(small.get_layer("scaled"), ScaledSum)
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(structured.prune_channels(model, ratio=0.0)(x), model(x), atol=1e-6)
