@@ -1,5 +1,5 @@
-"""Every notebook in notebooks/ opens in Colab, installs kopt there, runs top to bottom (small settings) in a fresh
-process, and ends with a figure."""
+"""Every notebook in notebooks/ installs kopt from what exists (a checkout's wheel, uploaded), runs top to bottom
+(small settings) in a fresh process, and ends with a figure."""
 
 import json
 import os
@@ -10,13 +10,35 @@ import sys
 
 import pytest
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-REPOSITORY = "https://github.com/kopt-dev/kopt"
-BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         "(https://colab.research.google.com/github/kopt-dev/kopt/blob/main/notebooks/{name})")
-# Colab installs kopt from the repository (the extras as in pyproject.toml: demo for the data, plot for the figures).
-KOPT_INSTALL = re.compile(r'%pip install -q "kopt-keras\[demo(,plot)?\] @ git\+' + re.escape(REPOSITORY) + '"')
+import kopt
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The wheel `python -m build --wheel` makes in a checkout (the distribution name normalized as in wheel file names);
+# kopt has no public repository or package index entry, so Colab installs it from that file, uploaded.
+PYPROJECT = (ROOT / "pyproject.toml").read_text()
+DISTRIBUTION = re.search(r'^name = "([^"]+)"', PYPROJECT, re.M).group(1)
+WHEEL = f"{re.sub(r'[-_.]+', '_', DISTRIBUTION).lower()}-{kopt.__version__}-py3-none-any.whl"
+# The extras as in pyproject.toml: demo for the data, plot for the figures.
+KOPT_INSTALL = re.compile(r'%pip install -q "' + re.escape(WHEEL) + r'\[demo(,plot)?\]"')
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_invented_urls():
+    """No repository that does not exist: no github.com/kopt-dev link, no Colab badge opening a file from it."""
+    for path in [ROOT / "README.md", ROOT / "pyproject.toml", *NOTEBOOKS]:
+        text = path.read_text()
+        assert "github.com/kopt-dev" not in text, path.name
+        assert "colab.research.google.com/github" not in text, path.name
+        assert "git+https://" not in text, path.name
+    assert "[project.urls]" not in PYPROJECT
+
+
+def test_readme_installs_what_exists():
+    install = (ROOT / "README.md").read_text().split("## Installing", 1)[1].split("\n## ", 1)[0]
+    assert 'pip install -e ".[demo]"' in install  # a checkout
+    assert "python -m build" in install and f"dist/{WHEEL}" in install  # the wheel a checkout builds
+    assert f'pip install "{WHEEL}[demo]"' in install
 
 
 def _notebook(path):
@@ -57,11 +79,11 @@ def test_notebook_layout(path):
     ids = [cell["id"] for cell in notebook["cells"]]
     assert len(set(ids)) == len(ids)
 
-    # Opens in Colab: the badge in the first markdown cell points at this very file.
+    # The first markdown cell says where the wheel comes from; the first code cell installs it, with magics only
+    # (which the run below skips: the test venv has kopt installed from the checkout).
     assert notebook["cells"][0]["cell_type"] == "markdown"
-    assert BADGE.format(name=path.name) in _sources(path, "markdown")[0]
-
-    # The first code cell installs kopt in Colab, with magics only (which the run below skips).
+    setup = _sources(path, "markdown")[0]
+    assert "python -m build --wheel" in setup and f"dist/{WHEEL}" in setup and "checkout" in setup
     install = [line.strip() for line in _sources(path, "code")[0].splitlines() if line.strip()]
     assert install and all(line.startswith("%pip") for line in install), install
     assert sum(bool(KOPT_INSTALL.fullmatch(line)) for line in install) == 1, install
