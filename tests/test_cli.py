@@ -12,19 +12,14 @@ from litert_truth import only_output
 from tensorflow.lite.tools import flatbuffer_utils
 
 from kopt import cli, convert
-from kopt.datasets import load_digits
-from kopt.demo import build_cnn
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, digits_cnn, digits_data):
     """A digits CNN saved as .keras, and .npy test data next to it."""
     folder = tmp_path_factory.mktemp("cli")
-    (x_train, y_train), (x_test, y_test) = load_digits()
-    keras.utils.set_random_seed(1)
-    model = build_cnn()
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0)
+    (x_train, y_train), (x_test, y_test) = digits_data
+    model = digits_cnn
     model.save(folder / "model.keras")
     np.save(folder / "calib.npy", x_train[:200])
     np.save(folder / "x.npy", x_test)

@@ -14,7 +14,6 @@ from onnx import numpy_helper
 
 from kopt import convert, quantization
 from kopt.convert import onnx as onnx_lib
-from kopt.datasets import load_digits
 from kopt.demo import build_cnn
 from kopt.errors import ConversionError, ValidationError
 
@@ -44,16 +43,9 @@ def nodes(content):
 
 
 @pytest.fixture(scope="module")
-def trained():
-    (x_train, y_train), (x_test, y_test) = load_digits()
-    keras.utils.set_random_seed(0)
-    model = build_cnn()
-    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=32, epochs=5, verbose=0)
-    qat = quantization.quantize_model(model)
-    qat.compile(keras.optimizers.Adam(1e-4), LOSS, metrics=["accuracy"])
-    qat.fit(x_train, y_train, batch_size=32, epochs=1, verbose=0)
-    return model, qat, (x_train, y_train), (x_test, y_test)
+def trained(digits_cnn, digits_qat, digits_data):
+    (x_train, y_train), (x_test, y_test) = digits_data
+    return digits_cnn, digits_qat, (x_train, y_train), (x_test, y_test)
 
 
 def test_float_cnn_agrees_with_keras_in_onnxruntime(trained, tmp_path):

@@ -11,20 +11,14 @@ from litert_truth import decisive, np_sqnr, only_output, output_scale
 
 from kopt import convert, quantization
 from kopt.errors import ConversionError, ValidationError
-from kopt.datasets import load_digits
-from kopt.demo import build_cnn
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.fixture(scope="module")
-def trained():
-    (x_train, y_train), (x_test, y_test) = load_digits()
-    keras.utils.set_random_seed(0)
-    model = build_cnn()
-    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0)
-    return model, (x_train, y_train), (x_test, y_test)
+def trained(digits_cnn, digits_data):
+    (x_train, y_train), (x_test, y_test) = digits_data
+    return digits_cnn, (x_train, y_train), (x_test, y_test)
 
 
 def test_post_training_int8_keeps_accuracy_and_is_full_integer(trained, tmp_path):

@@ -13,7 +13,6 @@ from litert_truth import count_ops, decisive, litert, np_sqnr, only_output, outp
 from kopt import convert, quantization
 from kopt.convert import tflite as tflite_lib
 from kopt.convert import validation
-from kopt.datasets import load_digits
 from kopt.errors import ValidationError
 from kopt.demo import build_cnn
 
@@ -22,21 +21,13 @@ L = keras.layers
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits()
+def digits(digits_data):
+    return digits_data
 
 
 @pytest.fixture(scope="module")
-def qat_digits(digits):
-    (x_train, y_train), _ = digits
-    keras.utils.set_random_seed(0)
-    model = build_cnn()
-    model.compile(keras.optimizers.Adam(1e-3), LOSS)
-    model.fit(x_train, y_train, batch_size=32, epochs=8, verbose=0)
-    qat = quantization.quantize_model(model)
-    qat.compile(keras.optimizers.Adam(1e-4), LOSS)
-    qat.fit(x_train, y_train, batch_size=32, epochs=1, verbose=0)
-    return model, qat
+def qat_digits(digits_cnn, digits_qat):
+    return digits_cnn, digits_qat
 
 
 def test_qat_file_is_held_to_the_strict_defaults_and_the_report_matches_litert(digits, qat_digits):
