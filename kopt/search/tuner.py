@@ -1,7 +1,6 @@
 """`CompressionTuner`: a keras-tuner `Tuner` that searches model and compression together, measured on .tflite files."""
 
 import copy
-import gc
 import gzip
 import json
 import os
@@ -9,8 +8,10 @@ import time
 
 import keras
 import keras_tuner
+from keras_tuner.engine.tuner import maybe_distribute
 
 from kopt.search import compression as compression_module
+from kopt.search._memory import released_traces
 from kopt.search.pareto import DIRECTIONS, check_objectives, pareto_front
 from kopt.search.results import METRICS, TrialResult, format_line, format_table
 
@@ -148,8 +149,16 @@ class CompressionTuner(keras_tuner.Tuner):
 
     Progress: one line per trial with what it measured, and a table at the end.
     A search continues where it stopped when run again with the same
-    `directory` and `project_name`. `keras.backend.clear_session()` runs before
-    each trial, so memory does not grow across trials.
+    `directory` and `project_name`. Memory stays flat across trials: after each
+    trial, `keras.backend.clear_session()` runs and the custom gradients its
+    traced `fit`s registered in TensorFlow's global gradient registry are
+    removed (they hold the traced graphs, which `clear_session` alone never
+    frees). Models and functions made inside a trial do not outlive it.
+
+    With `distribution_strategy=`, every model of a trial (the hypermodel's,
+    the pruned, stripped and QAT ones, and the distiller) is built and trained
+    in the strategy's scope, through keras-tuner's `maybe_distribute`; the
+    conversion and the measurements run outside it.
 
     Args:
         hypermodel: a function of `hp` (a `keras_tuner.HyperParameters`)
@@ -179,9 +188,12 @@ class CompressionTuner(keras_tuner.Tuner):
             seed), or None.
         latency_runs: timed inferences per latency measurement.
         **tuner_kwargs: passed to `keras_tuner.Tuner` (e.g. `max_model_size`:
-            larger models fail their trial), or to the oracle ("max_epochs",
+            models with more trainable parameters fail their trial;
+            `distribution_strategy`: a single-worker `tf.distribute.Strategy`
+            each trial trains under), or to the oracle ("max_epochs",
             "factor", "hyperband_iterations"; "num_initial_points", by default
-            a third of `max_trials`).
+            a third of `max_trials`). keras-tuner's `objective` is not taken:
+            use `objectives`.
 
     A trial that distills trains with `kopt.distill.Distiller.fit`, not with the
     hypermodel's own `fit`. Resuming checks that the compression space is the
@@ -211,6 +223,12 @@ class CompressionTuner(keras_tuner.Tuner):
     def __init__(self, hypermodel, *, compression=None, objectives=("accuracy", "size", "latency"), oracle="random",
                  max_trials=10, directory=None, project_name=None, overwrite=False, constraints=None, seed=None,
                  latency_runs=50, **tuner_kwargs):
+        if "objective" in tuner_kwargs:
+            raise ValueError(
+                f"CompressionTuner takes `objectives=`, not keras-tuner's `objective=` (got "
+                f"objective={tuner_kwargs['objective']!r}): it measures each trial's .tflite file, so the objectives "
+                f"are names from {sorted(DIRECTIONS)}, e.g. objectives=('accuracy', 'size'). The first one ranks "
+                "trials for get_best_models(); the Pareto front trades them all off.")
         self.objectives = check_objectives(objectives)
         self.constraints = _check_constraints(constraints)
         self.space = compression_module.resolve_compression(compression)
@@ -219,9 +237,6 @@ class CompressionTuner(keras_tuner.Tuner):
         self.latency_runs = latency_runs
         if tuner_kwargs.get("executions_per_trial", 1) != 1:
             raise ValueError("`executions_per_trial` must be 1: each trial is measured on one converted file.")
-        if tuner_kwargs.get("distribution_strategy") is not None:
-            raise ValueError("`distribution_strategy` is not supported by CompressionTuner yet; "
-                             "run the search without it.")
         overrides = [k for k in ("optimizer", "loss", "metrics") if tuner_kwargs.get(k) is not None]
         if overrides:
             raise ValueError(f"CompressionTuner does not take {overrides}: compile the model in the hypermodel, "
@@ -286,7 +301,8 @@ class CompressionTuner(keras_tuner.Tuner):
         start = time.perf_counter()
         folder = self.get_trial_dir(trial.trial_id)
         try:
-            metrics = self._train_compress_measure(trial, folder, x, y, validation_data, fit_kwargs)
+            with released_traces():  # the trial's models and traced functions go with it: memory stays flat
+                metrics = self._train_compress_measure(trial, folder, x, y, validation_data, fit_kwargs)
         except keras_tuner.errors.FatalError:
             raise
         except Exception as e:
@@ -324,17 +340,51 @@ class CompressionTuner(keras_tuner.Tuner):
         if isinstance(self.oracle, keras_tuner.oracles.HyperbandOracle):
             model.save_weights(os.path.join(folder, _FLOAT_WEIGHTS))
 
-    def _train_compress_measure(self, trial, folder, x, y, validation_data, fit_kwargs):
-        from kopt import convert, quantization, sparsity
-
-        keras.backend.clear_session()
-        gc.collect()
-        compression = compression_module.trial_compression(trial.hyperparameters.values, self.space)
-        model = self.hypermodel.build(trial.hyperparameters)
-        if self.max_model_size and model.count_params() > self.max_model_size:
+    def _try_build(self, hp):
+        """keras-tuner's build: `clear_session()`, the hypermodel built under `maybe_distribute`, the size check."""
+        try:
+            return super()._try_build(hp)
+        except keras_tuner.errors.FailedTrialError as e:
+            if not str(e).startswith("Oversized model"):
+                raise
             raise keras_tuner.errors.FailedTrialError(
-                f"Oversized model: {model.count_params()} parameters > max_model_size={self.max_model_size}.")
-        self._train(trial, model, compression, folder, x, y, validation_data, fit_kwargs)
+                f"{e} It has more trainable parameters than max_model_size={self.max_model_size}.") from e
+
+    def _train_compress_measure(self, trial, folder, x, y, validation_data, fit_kwargs):
+        from kopt import convert
+
+        compression = compression_module.trial_compression(trial.hyperparameters.values, self.space)
+        # Every model of the trial is made and trained in the strategy's scope (keras-tuner's `maybe_distribute`,
+        # which `_try_build` uses too); the conversion and the measurements run outside it.
+        model = self._try_build(trial.hyperparameters)
+        with maybe_distribute(self.distribution_strategy):
+            self._train(trial, model, compression, folder, x, y, validation_data, fit_kwargs)
+            final = self._compress(model, compression, x, y, fit_kwargs)
+
+        mode = compression["quantization"]
+        x_val, y_val = self._validation
+        path = os.path.join(folder, _TFLITE)
+        if mode == "int8" and compression["qat"]:  # a QAT model: the converter reads its learned ranges
+            tflite = convert.to_tflite(final, path, validation_data=x_val)
+        elif mode in ("int8", "int16x8"):
+            tflite = convert.to_tflite(final, path, quantization=mode, representative_data=_inputs_only(x),
+                                       validation_data=x_val)
+        else:
+            tflite = convert.to_tflite(final, path, quantization=mode, validation_data=x_val)
+        if not getattr(final, "compiled", False):  # a stripped model: saved ready to evaluate or fine-tune
+            with maybe_distribute(self.distribution_strategy):
+                compression_module.recompile_like(final, model)
+        final.save(os.path.join(folder, _KERAS))
+        return {
+            "accuracy": convert.evaluate(tflite, x_val, y_val),
+            "size": len(tflite),
+            "size_gzip": len(gzip.compress(bytes(tflite), 9)),
+            "latency": float(convert.benchmark(tflite, threads=1, runs=self.latency_runs)),
+        }
+
+    def _compress(self, model, compression, x, y, fit_kwargs):
+        """The trained model pruned (channels, then weights) and made quantization-aware, as the trial says."""
+        from kopt import quantization, sparsity
 
         tune = {k: fit_kwargs[k] for k in _FINE_TUNE_KWARGS if k in fit_kwargs}
         final = model
@@ -354,30 +404,12 @@ class CompressionTuner(keras_tuner.Tuner):
             pruned.fit(x, y, epochs=compression["prune_epochs"], verbose=self._fit_verbose(),
                        callbacks=[sparsity.UpdatePruningStep()], **tune)
             final = sparsity.strip_pruning(pruned)
-
-        mode = compression["quantization"]
-        x_val, y_val = self._validation
-        path = os.path.join(folder, _TFLITE)
-        if mode == "int8" and compression["qat"]:
+        if compression["quantization"] == "int8" and compression["qat"]:
             qat = quantization.quantize_model(final)
             compression_module.recompile_like(qat, model, learning_rate_factor=0.1)
             qat.fit(x, y, epochs=compression["qat_epochs"], verbose=self._fit_verbose(), **tune)
             final = qat
-            tflite = convert.to_tflite(final, path, validation_data=x_val)
-        elif mode in ("int8", "int16x8"):
-            tflite = convert.to_tflite(final, path, quantization=mode, representative_data=_inputs_only(x),
-                                       validation_data=x_val)
-        else:
-            tflite = convert.to_tflite(final, path, quantization=mode, validation_data=x_val)
-        if not getattr(final, "compiled", False):  # a stripped model: saved ready to evaluate or fine-tune
-            compression_module.recompile_like(final, model)
-        final.save(os.path.join(folder, _KERAS))
-        return {
-            "accuracy": convert.evaluate(tflite, x_val, y_val),
-            "size": len(tflite),
-            "size_gzip": len(gzip.compress(bytes(tflite), 9)),
-            "latency": float(convert.benchmark(tflite, threads=1, runs=self.latency_runs)),
-        }
+        return final
 
     def _record(self, folder, seconds, error):
         with open(os.path.join(folder, _RECORD), "w") as f:
@@ -508,7 +540,7 @@ class CompressionTuner(keras_tuner.Tuner):
         return [self.oracle.get_trial(r.trial_id).hyperparameters for r in self._ranked()[:num_trials]]
 
     def get_best_models(self, num_models=1):
-        """The compressed Keras models of the best trials (see `get_best_hyperparameters`), loaded from their folders."""
+        """The compressed Keras models of the best trials (see `get_best_hyperparameters`), loaded from their files."""
         return [self.load_model(self.oracle.get_trial(r.trial_id)) for r in self._ranked()[:num_models]]
 
     def load_model(self, trial):
