@@ -19,7 +19,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("sparsity", "structured", "quantization", "distill", "search", "distribute", "convert", "errors",
-               "datasets", "demo", "manifest")
+               "recipe", "datasets", "demo", "manifest")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -417,8 +417,11 @@ def main(argv=None):
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
     logger = logging.getLogger("kopt")
-    previous_level, format_warning = logger.level, warnings.formatwarning
+    previous_level, previous_propagate, format_warning = logger.level, logger.propagate, warnings.formatwarning
     logger.addHandler(progress)
+    # Printed here only: TensorFlow's absl logging gives the root logger a handler of its own on its first message
+    # (while exporting a SavedModel), which would print each line a second time ("INFO:kopt:...").
+    logger.propagate = False
     logger.setLevel(logging.INFO)
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     from kopt.errors import ConversionError, ValidationError
@@ -451,6 +454,7 @@ def main(argv=None):
     finally:
         logger.removeHandler(progress)
         logger.setLevel(previous_level)
+        logger.propagate = previous_propagate
         warnings.formatwarning = format_warning
     return 0
 

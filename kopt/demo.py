@@ -1,8 +1,6 @@
 """The main job: train, prune, quantize-aware fine-tune and convert a digits CNN to a validated int8 TFLite file."""
 
-import contextlib
 import gzip
-import logging
 import os
 import time
 
@@ -26,25 +24,6 @@ def build_cnn():
 
 def _gzip_size(content):
     return len(gzip.compress(bytes(content), 9))
-
-
-@contextlib.contextmanager
-def _progress_once():
-    """kopt's progress lines print once while the demo runs.
-
-    `kopt demo` prints the "kopt" logger's lines through a handler of its own. TensorFlow logs through absl, whose
-    first message (while exporting a SavedModel) calls `logging.basicConfig()` and so gives the root logger a
-    handler too; a record that propagated there would print a second time ("INFO:kopt:..."). While the "kopt"
-    logger has handlers of its own, its records stop there.
-    """
-    logger = logging.getLogger("kopt")
-    propagate = logger.propagate
-    if logger.handlers:
-        logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.propagate = propagate
 
 
 def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_dir="tflite_models", seed=0,
@@ -73,11 +52,6 @@ def run(epochs=20, prune_epochs=10, qat_epochs=5, target_sparsity=0.8, output_di
     report = demo.run(epochs=2, prune_epochs=2, qat_epochs=1, output_dir=None, verbose=0)
     ```
     """
-    with _progress_once():
-        return _run(epochs, prune_epochs, qat_epochs, target_sparsity, output_dir, seed, verbose)
-
-
-def _run(epochs, prune_epochs, qat_epochs, target_sparsity, output_dir, seed, verbose):
     import keras
 
     from kopt import convert, recipe, sparsity
