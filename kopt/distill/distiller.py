@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from kopt._keras.distribution import scale_loss_for_distribution
-from kopt.distill import teacher_cache
+from kopt.distill import _teacher_cache as teacher_cache
 from kopt.distill.losses import FeatureDistillation, LogitsDistillation, check_temperature
 
 # The label of an unlabelled sample (integer class labels); float labels use NaN.

@@ -10,7 +10,8 @@ from kopt._keras.clone import (
 from kopt._keras.inputs import reject_string_inputs
 from kopt._keras.operations import is_shape_operation
 from kopt._keras.sublayers import is_keras_layer, sublayers
-from kopt.quantization import registry, transforms
+from kopt.quantization import _registry as registry
+from kopt.quantization import _transforms as transforms
 from kopt.quantization.integer_forms import integer_form
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import QuantizeConfig

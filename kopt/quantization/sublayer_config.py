@@ -67,7 +67,7 @@ class SublayerQuantizeConfig(QuantizeConfig):
     """
 
     def get_weights_and_quantizers(self, layer):
-        from kopt.quantization.registry import default_config
+        from kopt.quantization._registry import default_config
 
         return [pair for sub, config in _weighted_sublayers(layer, default_config)
                 for pair in config.get_weights_and_quantizers(sub)]
@@ -92,7 +92,7 @@ class SublayerQuantizeConfig(QuantizeConfig):
 
 def quantizes_sublayers(layer):
     """Whether `layer` is a custom layer that holds layers whose weights the default scheme quantizes."""
-    from kopt.quantization.registry import default_config
+    from kopt.quantization._registry import default_config
 
     if is_keras_layer(layer) or is_graph_model(layer) or isinstance(layer, keras.layers.Wrapper) or not layer.built:
         return False

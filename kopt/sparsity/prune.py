@@ -7,7 +7,7 @@ import keras
 from kopt._keras.clone import (
     as_graph_model, copy_layer, copy_with_values, is_graph_model, is_subclassed_model, rewrite_model)
 from kopt._keras.sublayers import is_keras_layer
-from kopt.sparsity import registry
+from kopt.sparsity import _registry as registry
 from kopt.sparsity.schedules import ConstantSparsity
 from kopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_params
 

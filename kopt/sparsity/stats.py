@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from kopt._keras.clone import walk_layers
-from kopt.sparsity import registry
+from kopt.sparsity import _registry as registry
 
 
 def get_sparsity(model):

@@ -8,8 +8,8 @@ from keras import ops
 
 from kopt._keras.clone import build_layer
 from kopt._keras.scheduled_wrapper import ScheduledWrapper
-from kopt.sparsity import masks as masks_lib
-from kopt.sparsity import registry
+from kopt.sparsity import _masks as masks_lib
+from kopt.sparsity import _registry as registry
 from kopt.sparsity.schedules import ConstantSparsity, PruningSchedule
 
 _CALLBACK_ERROR = (

@@ -5,7 +5,7 @@ from keras import ops
 
 from kopt._keras.scheduled_wrapper import ScheduledWrapper
 from kopt.sparsity.schedules import PruningSchedule
-from kopt.structured.importance import kernel_of, output_axis
+from kopt.structured._importance import kernel_of, output_axis
 
 L = keras.layers
 

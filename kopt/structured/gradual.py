@@ -7,7 +7,7 @@ from keras import ops
 
 from kopt._keras.clone import copy_layer, copy_with_values, rewrite_model, walk_layers
 from kopt.sparsity.schedules import PolynomialDecay, PruningSchedule
-from kopt.structured import importance as importance_lib
+from kopt.structured import _importance as importance_lib
 from kopt.structured.channel_wrapper import ChannelPruneWrapper
 from kopt.structured.dependency import DependencyGraph
 from kopt.structured.prune_channels import _functional, _ignored_names, _kept_count, shrunk_model

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 
 from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers
-from kopt.structured import importance as importance_lib
+from kopt.structured import _importance as importance_lib
 from kopt.structured.dependency import DependencyGraph
-from kopt.structured.slicing import sliced_attention, sliced_layer
+from kopt.structured._slicing import sliced_attention, sliced_layer
 
 logger = logging.getLogger("kopt")
 

@@ -172,7 +172,7 @@ def test_a_weightless_custom_layer_is_traced_so_its_arithmetic_gets_ranges(digit
 
 
 def test_untraced_the_same_layer_needs_representative_data(digits, monkeypatch):
-    from kopt.quantization import registry
+    from kopt.quantization import _registry as registry
 
     monkeypatch.setattr(registry, "is_opaque", lambda layer: False)
     inputs = keras.Input((8, 8, 1))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.quantization import integer_form, transforms
+from kopt.quantization import _transforms as transforms
+from kopt.quantization import integer_form
 
 L = keras.layers
 

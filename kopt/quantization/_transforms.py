@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from kopt._keras.clone import consumers, is_graph_model, walk_layers
-from kopt.quantization import registry
+from kopt.quantization import _registry as registry
 
 L = keras.layers
 _FOLDABLE = (L.Conv1D, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.SeparableConv1D, L.SeparableConv2D)
