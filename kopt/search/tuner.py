@@ -383,8 +383,11 @@ class CompressionTuner(keras_tuner.Tuner):
         }
 
     def _compress(self, model, compression, x, y, fit_kwargs):
-        """The trained model pruned (channels, then weights) and made quantization-aware, as the trial says."""
-        from kopt import quantization, sparsity
+        """The trained model pruned (channels, then weights) and made quantization-aware, as the trial says.
+
+        Weight pruning and QAT are `kopt.recipe`'s (as in `kopt demo` and the model zoo).
+        """
+        from kopt import recipe
 
         tune = {k: fit_kwargs[k] for k in _FINE_TUNE_KWARGS if k in fit_kwargs}
         final = model
@@ -392,23 +395,14 @@ class CompressionTuner(keras_tuner.Tuner):
             from kopt import structured
 
             final = structured.prune_channels(model, ratio=compression["channels"])
-            compression_module.recompile_like(final, model, learning_rate_factor=0.5)
+            compression_module.recompile_like(final, model, learning_rate_factor=recipe.PRUNE_LEARNING_RATE_FACTOR)
             final.fit(x, y, epochs=compression["prune_epochs"], verbose=self._fit_verbose(), **tune)
         if compression["sparsity"] > 0:
-            steps = fit_kwargs.get("steps_per_epoch") or compression_module.steps_per_epoch(
-                x, fit_kwargs.get("batch_size"))
-            schedule = compression_module.pruning_schedule(compression["sparsity"], steps,
-                                                           compression["prune_epochs"])
-            pruned = sparsity.prune_low_magnitude(final, pruning_schedule=schedule)
-            compression_module.recompile_like(pruned, model, learning_rate_factor=0.5)
-            pruned.fit(x, y, epochs=compression["prune_epochs"], verbose=self._fit_verbose(),
-                       callbacks=[sparsity.UpdatePruningStep()], **tune)
-            final = sparsity.strip_pruning(pruned)
+            final = recipe.prune(final, x, y, sparsity=compression["sparsity"], epochs=compression["prune_epochs"],
+                                 reference=model, verbose=self._fit_verbose(), **tune)
         if compression["quantization"] == "int8" and compression["qat"]:
-            qat = quantization.quantize_model(final)
-            compression_module.recompile_like(qat, model, learning_rate_factor=0.1)
-            qat.fit(x, y, epochs=compression["qat_epochs"], verbose=self._fit_verbose(), **tune)
-            final = qat
+            final = recipe.quantize_aware(final, x, y, epochs=compression["qat_epochs"], reference=model,
+                                          verbose=self._fit_verbose(), **tune)
         return final
 
     def _record(self, folder, seconds, error):
