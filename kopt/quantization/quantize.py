@@ -8,6 +8,7 @@ import numpy as np
 from kopt._keras.clone import (
     as_graph_model, consumers, copy_layer, is_layer, is_subclassed_model, rewrite_model, traced_graph, walk_layers)
 from kopt._keras.inputs import reject_string_inputs
+from kopt._keras.nodes import producer
 from kopt._keras.operations import is_shape_operation
 from kopt._keras.sublayers import is_keras_layer, sublayers
 from kopt.quantization import _registry as registry
@@ -207,7 +208,7 @@ def quantize_apply(model, *, preserve_sparsity=True):
         if isinstance(model, keras.Sequential):
             return bool(model.layers) and is_quantized(model.layers[0])
         users = consumers(model)
-        first = [u for t in keras.tree.flatten(model.input) for u in users.get(id(t._keras_history.operation), [])]
+        first = [u for t in keras.tree.flatten(model.input) for u in users.get(id(producer(t)), [])]
         return bool(first) and all(is_quantized(u) or not is_layer(u) for u in first)
 
     def after_operation(operation):
