@@ -95,6 +95,7 @@ def test_notebook_layout(path):
     _figure_file(path)
 
 
+@pytest.mark.slow  # each notebook runs top to bottom in its own process (slow tier, run by CI)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     env = dict(os.environ, KOPT_NOTEBOOK_SMALL="1", TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg")

@@ -19,8 +19,10 @@ def test_quickstart_has_two_commands_and_ci_runs_the_test_one():
     commands = _quickstart_commands()
     assert len(commands) == 2
     assert "kopt demo" in commands[0]
-    assert "pytest" in commands[1]
-    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+    assert "pytest" in commands[1] and commands[1].endswith('-m "not slow"')
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci
+    assert "\n.venv/bin/python -m pytest -q -n 2 -m slow\n" in ci  # the slow tier runs in CI too
 
 
 def test_import_kopt_has_no_side_effects():

@@ -24,7 +24,9 @@ from kopt.convert import _onnxruntime
 from kopt.datasets import load_digits
 
 QEMU = shutil.which("qemu-x86_64")
-pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-x86_64 (apt-get install qemu-user)")
+# Slow tier (run by CI): onnxruntime runs emulated. Skipped without QEMU (e.g. after the README's command on a bare machine).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(QEMU is None, reason="needs qemu-x86_64 (apt-get install qemu-user)")]
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 _RUNNER = """

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from test_multi_worker import _free_ports
 
+pytestmark = pytest.mark.slow  # worker processes are killed and restarted (slow tier, run by CI)
+
 JOB = pathlib.Path(__file__).with_name("backup_job.py")
 
 

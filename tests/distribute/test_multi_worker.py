@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # two worker processes train on 127.0.0.1 (slow tier, run by CI)
+
 JOB = pathlib.Path(__file__).with_name("multi_worker_job.py")
 
 

@@ -133,6 +133,7 @@ def test_qat_under_mirrored_strategy(digits):
     assert file_sqnr(mirrored, tflite, x_test) > 20
 
 
+@pytest.mark.slow  # a MobileNetV2 trained and converted (slow tier, run by CI)
 def test_mobilenet_v2_goes_to_full_int8():
     model = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10)
     qat = quantization.quantize_model(model)

@@ -112,6 +112,7 @@ def bert_inputs(ids):
     return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
 
 
+@pytest.mark.slow  # a BERT pruned, QAT-trained and converted (slow tier, run by CI)
 def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path, caplog):
     x, y = tokens(640)
     data = bert_inputs(x)

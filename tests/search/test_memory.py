@@ -57,6 +57,7 @@ def test_a_fit_inside_released_traces_leaves_nothing_behind():
     assert traced_state() == before  # ... gone with the functions it held
 
 
+@pytest.mark.slow  # four whole trials (slow tier, run by CI)
 def test_trials_leave_no_traced_functions_behind(tmp_path):
     (x, y), validation = load_digits()
     after = []

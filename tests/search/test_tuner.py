@@ -164,6 +164,7 @@ class CountingHyperModel(keras_tuner.HyperModel):
         return model.fit(*args, **kwargs)
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_resume_does_not_retrain_finished_trials(digits, tmp_path):
     (x, y), validation = digits
     compression = {"sparsity": 0.0, "quantization": None}
@@ -212,6 +213,7 @@ def test_failed_trials_are_reported_and_all_failing_raises(digits, tmp_path, cap
                          latency_runs=2).search(x, y, validation_data=validation, verbose=0)
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_distillation_trains_against_the_teacher(digits, tmp_path):
     (x, y), validation = digits
     # A teacher that always says "0": distilling from it (student_loss_weight 0.1) must ruin the student.
@@ -240,6 +242,7 @@ class StartRecorder(keras_tuner.HyperModel):
         return model.fit(*args, **kwargs)
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_hyperband_continues_promoted_models(digits, tmp_path):
     (x, y), validation = digits
     recorder = StartRecorder()
@@ -292,6 +295,7 @@ class InterruptedOnce(CountingHyperModel):
         return super().fit(hp, model, *args, **kwargs)
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_an_interrupted_trial_runs_again_on_resume(digits, tmp_path):
     (x, y), validation = digits
     arguments = dict(compression={"sparsity": 0.0, "quantization": None}, max_trials=3, seed=1,
@@ -310,6 +314,7 @@ def test_an_interrupted_trial_runs_again_on_resume(digits, tmp_path):
                          **{**arguments, "compression": {"sparsity": 0.5, "quantization": None}})
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_oversized_models_fail_their_trial(digits, tmp_path):
     (x, y), validation = digits
     tuner = CompressionTuner(lambda hp: cnn(hp) if hp.Boolean("big") else dense(hp), max_model_size=1000,
@@ -373,6 +378,7 @@ def wide_cnn(hp):
     return model
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_the_channel_ratio_is_searched_and_its_file_is_smaller(digits, tmp_path):
     (x, y), (x_val, y_val) = digits
     tuner = CompressionTuner(wide_cnn, compression={"channels": [0.0, 0.5], "sparsity": 0.0, "quantization": None},
@@ -387,6 +393,7 @@ def test_the_channel_ratio_is_searched_and_its_file_is_smaller(digits, tmp_path)
     assert small.layers[0].filters == 16
 
 
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_trials_train_under_the_distribution_strategy(digits, tmp_path, monkeypatch):
     import tensorflow as tf
 
