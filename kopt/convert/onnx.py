@@ -153,11 +153,8 @@ def compare(model, content, x, min_sqnr_db=None, min_top1_agreement=None, quanti
         A `ValidationReport` (`file_format="ONNX"`).
     """
     content = onnx_info.read_onnx(content)
-    inputs = data_lib.model_inputs(model)
-    samples = data_lib.as_input_list(x, inputs)
-    if quantization_aware is None:
-        quantization_aware = is_quantization_aware(model)
-    keys, labels, references = validation_lib.predict_outputs(model, samples)
+    inputs, samples, quantization_aware, keys, labels, references = validation_lib.reference_outputs(
+        model, x, quantization_aware)
 
     runner = runtime.session(content)
     file_inputs = [i.name for i in runner.get_inputs()]

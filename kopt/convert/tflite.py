@@ -118,11 +118,8 @@ def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, q
     Returns:
         A `ValidationReport`.
     """
-    inputs = data_lib.model_inputs(model)
-    samples = data_lib.as_input_list(x, inputs)
-    if quantization_aware is None:
-        quantization_aware = is_quantization_aware(model)
-    keys, labels, references = validation_lib.predict_outputs(model, samples)
+    inputs, samples, quantization_aware, keys, labels, references = validation_lib.reference_outputs(
+        model, x, quantization_aware)
     input_names, output_names = litert.signature_names(tflite)
     expected_inputs = [i.name for i in inputs]
     if sorted(input_names) != sorted(expected_inputs) or sorted(output_names) != sorted(keys):

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 from kopt.convert import _data as data_lib
-from kopt.convert._qat_state import input_ranges
+from kopt.convert._qat_state import input_ranges, is_quantization_aware
 from kopt.errors import ValidationError
 
 # Default acceptance thresholds, (minimum SQNR in dB, minimum decisive top-1 agreement).
@@ -275,6 +275,26 @@ def predict_outputs(model, samples, batch_size=64):
     else:
         labels = list(keys)
     return keys, labels, arrays
+
+
+def reference_outputs(model, x, quantization_aware=None):
+    """What every format's `compare` starts from: the samples per input and the Keras model's outputs on them.
+
+    Args:
+        model: the Keras model a file was converted from.
+        x: the samples: an array (single input), a list of arrays in `model.inputs` order, or a dict keyed by
+            input name.
+        quantization_aware: whether `model` is a QAT model; None: detect.
+
+    Returns:
+        `(inputs, samples, quantization_aware, keys, labels, references)`: `data.model_inputs(model)`, one array
+        per input, the flag, and `predict_outputs`'s signature keys, names and arrays.
+    """
+    inputs = data_lib.model_inputs(model)
+    samples = data_lib.as_input_list(x, inputs)
+    if quantization_aware is None:
+        quantization_aware = is_quantization_aware(model)
+    return (inputs, samples, quantization_aware, *predict_outputs(model, samples))
 
 
 def compare_output(label, reference, got, scale, file_kind=".tflite file"):

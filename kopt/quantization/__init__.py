@@ -33,7 +33,7 @@ from kopt.quantization.quantizers import (
     WeightQuantizer,
 )
 from kopt.quantization.scope import quantize_scope
-from kopt.quantization.sublayer_config import SublayerQuantizeConfig
+from kopt.quantization._registry import SublayerQuantizeConfig
 from kopt.quantization.wrapper import QuantizeWrapper
 
 __all__ = [

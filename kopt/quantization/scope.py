@@ -4,7 +4,7 @@ from kopt._keras.scope import custom_object_scope
 
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
-from kopt.quantization.sublayer_config import SublayerQuantizeConfig
+from kopt.quantization._registry import SublayerQuantizeConfig
 from kopt.quantization.quantizers import (
     ActivationQuantizer,
     AllValuesQuantizer,
