@@ -6,6 +6,24 @@ import tempfile
 import numpy as np
 
 
+def read_bytes(value, suffix, what):
+    """The bytes of a model file given as bytes or a path; a ValueError naming `suffix` / `what` otherwise.
+
+    Args:
+        value: bytes (or bytearray, memoryview) or a path.
+        suffix: the file's suffix, for the message (".tflite").
+        what: what the file holds, for the message ("a .tflite model").
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        if not os.path.isfile(value):
+            raise ValueError(f"No {suffix} file at {os.fspath(value)!r}.")
+        with open(value, "rb") as f:
+            return f.read()
+    raise ValueError(f"Expected the bytes of {what} or a path to one, got {type(value).__name__}.")
+
+
 def check_folder(path, argument="path"):
     """Raises a ValueError naming `argument` if the folder of `path` does not exist (checked before slow work)."""
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))

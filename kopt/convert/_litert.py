@@ -5,14 +5,13 @@ Every use of the interpreter's private API is in this module (`_ops`)."""
 import collections
 import dataclasses
 import gzip
-import os
 import statistics
 import time
 
 import numpy as np
 
 from kopt.convert._data import run_in_batches
-from kopt.convert._files import to_plain
+from kopt.convert._files import read_bytes, to_plain
 
 # Ops whose weight is one input (its index): the weights `zero_weight_fraction` counts.
 _TFLITE_WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
@@ -21,14 +20,7 @@ _FLOAT = ("float32", "float16", "float64")
 
 def read_model(tflite):
     """The bytes of a .tflite model given as bytes or a path."""
-    if isinstance(tflite, (bytes, bytearray, memoryview)):
-        return bytes(tflite)
-    if isinstance(tflite, (str, os.PathLike)):
-        if not os.path.isfile(tflite):
-            raise ValueError(f"No .tflite file at {os.fspath(tflite)!r}.")
-        with open(tflite, "rb") as f:
-            return f.read()
-    raise ValueError(f"Expected the bytes of a .tflite model or a path to one, got {type(tflite).__name__}.")
+    return read_bytes(tflite, ".tflite", "a .tflite model")
 
 
 def interpreter(tflite, threads=1, delegates=True):

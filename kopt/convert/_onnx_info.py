@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from kopt.convert._files import ONNXModel, to_plain
+from kopt.convert._files import ONNXModel, read_bytes, to_plain
 
 # Ops whose weight is one input (its index): the weights `zero_weight_fraction` counts.
 _ONNX_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "ConvInteger": 1, "MatMulInteger": 1,
@@ -49,14 +49,7 @@ def is_onnx(model):
 
 def read_onnx(model):
     """The bytes of an ONNX model given as bytes or a path."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)
-    if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            raise ValueError(f"No .onnx file at {os.fspath(model)!r}.")
-        with open(model, "rb") as f:
-            return f.read()
-    raise ValueError(f"Expected the bytes of an ONNX model or a path to one, got {type(model).__name__}.")
+    return read_bytes(model, ".onnx", "an ONNX model")
 
 
 def load(model):
