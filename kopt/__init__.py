@@ -18,8 +18,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("sparsity", "structured", "quantization", "distill", "search", "distribute", "convert", "errors",
-               "recipe", "datasets", "demo", "manifest")
+_SUBMODULES = ("sparsity", "structured", "clustering", "quantization", "experimental", "distill", "search", "distribute", "convert",
+               "errors", "recipe", "datasets", "demo", "manifest")
 
 __all__ = ["__version__", *_SUBMODULES]
 

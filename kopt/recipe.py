@@ -181,8 +181,9 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
         **fit_kwargs: passed to `model.fit`.
 
     Returns:
-        The quantization-aware model (`kopt.quantization.quantize_model`), trained, ready for
-        `kopt.convert.to_tflite`.
+        The quantization-aware model (`kopt.quantization.quantize_model` with
+        `kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme()`: the zeros stay zero), trained,
+        ready for `kopt.convert.to_tflite`.
 
     Example:
 
@@ -202,7 +203,10 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
     reference = model if reference is None else reference
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    qat = quantization.quantize_model(model)
+    from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
+
+    # tfmot's default scheme lets zeros change; the recipe's pruned model must stay pruned (PQAT).
+    qat = quantization.quantize_model(model, quantize_scheme=Default8BitPrunePreserveQuantizeScheme())
     recompile_like(qat, reference, QAT_LEARNING_RATE_FACTOR, learning_rate)
     qat.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
     return qat

@@ -156,3 +156,17 @@ def test_docstring_example_runs(name):
     assert "Args:" in doc and "Returns:" in doc
     (example,) = re.findall(r"```python\n(.*?)```", doc, re.S)
     exec(compile(example, f"kopt.recipe.{name} example", "exec"), {})
+
+
+def test_quantize_aware_keeps_the_zero_positions_of_a_pruned_model():
+    """The recipe passes the prune-preserve scheme: tfmot's default (plain QAT) lets zeros move at this rate."""
+    x, y = _data()
+    model = _model()
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    kernel[::2] = 0.0
+    model.layers[0].kernel.assign(kernel)
+    qat = recipe.quantize_aware(model, x, y, epochs=2, batch_size=16, learning_rate=1e-2)
+    wrapper = next(layer for layer in qat.layers if isinstance(layer, QuantizeWrapper))
+    assert wrapper.preserve_sparsity
+    after = keras.ops.convert_to_numpy(wrapper.layer.kernel)
+    np.testing.assert_array_equal(after == 0, kernel == 0)

@@ -16,6 +16,7 @@ from kopt.quantization import _transforms as transforms
 from kopt.quantization.integer_forms import integer_form
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import QuantizeConfig
+from kopt.quantization.quantize_scheme import QuantizeScheme
 from kopt.quantization.wrapper import QuantizeWrapper
 from kopt.sparsity.wrapper import PruneLowMagnitude
 
@@ -118,7 +119,44 @@ def _integer_replacement(layer):
     return replacement if replacement is not None else integer_form(layer)  # LayerNormalization: no NEG
 
 
-def quantize_apply(model, *, preserve_sparsity=True):
+def _scheme(scheme, preserve_sparsity, name):
+    """The scheme `quantize_apply` uses: `scheme`, or the one the older `preserve_sparsity=` keyword names."""
+    from kopt.quantization.default_8bit import Default8BitQuantizeScheme
+
+    if preserve_sparsity is not None:
+        if scheme is not None:
+            raise ValueError(
+                f"Pass either `{name}` or `preserve_sparsity`, not both (got {name}={scheme!r}, "
+                f"preserve_sparsity={preserve_sparsity!r}). To keep zeros, pass "
+                f"{name}=kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme().")
+        if not isinstance(preserve_sparsity, bool):
+            raise ValueError(f"`preserve_sparsity` must be True or False, got {preserve_sparsity!r}.")
+        if preserve_sparsity:
+            from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
+
+            return Default8BitPrunePreserveQuantizeScheme()
+        return Default8BitQuantizeScheme()
+    if scheme is None:
+        return Default8BitQuantizeScheme()
+    if not isinstance(scheme, QuantizeScheme):
+        raise ValueError(
+            f"`{name}` must be a kopt.quantization.QuantizeScheme (e.g. kopt.quantization.default_8bit."
+            f"Default8BitQuantizeScheme()), got {scheme!r}. (tfmot's schemes are tf_keras objects: use kopt's.)")
+    return scheme
+
+
+def _prefix(quantized_layer_name_prefix):
+    if quantized_layer_name_prefix is None:
+        return ""
+    if not isinstance(quantized_layer_name_prefix, str):
+        hint = (" Pass a scheme as `quantize_scheme=...`." if isinstance(quantized_layer_name_prefix, QuantizeScheme)
+                else "")
+        raise ValueError(
+            f"`quantized_layer_name_prefix` must be a string, e.g. 'quant_', got {quantized_layer_name_prefix!r}.{hint}")
+    return quantized_layer_name_prefix
+
+
+def quantize_apply(model, scheme=None, quantized_layer_name_prefix="quant_", *, preserve_sparsity=None):
     """Replaces every annotated layer by its quantization-aware (QAT) version.
 
     BatchNormalizations that follow an annotated Conv/DepthwiseConv/Dense are
@@ -130,9 +168,19 @@ def quantize_apply(model, *, preserve_sparsity=True):
 
     Args:
         model: a built Sequential or Functional model with `QuantizeAnnotate` layers.
-        preserve_sparsity: keep weights that are exactly zero at zero through
-            training (a pruned model stays pruned); layers whose weights have no
-            zeros get no mask and no extra work.
+        scheme: a `QuantizeScheme`; None is
+            `kopt.quantization.default_8bit.Default8BitQuantizeScheme()`, plain
+            QAT, as in tfmot: weights that are zero may become non-zero. To keep
+            a pruned model's zeros, pass
+            `kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme()`;
+            for a clustered model, `Default8BitClusterPreserveQuantizeScheme()`.
+            A layer annotated with its own `QuantizeConfig` keeps it.
+        quantized_layer_name_prefix: prefix of the names of the `QuantizeWrapper`
+            layers (`"quant_dense"`); None or `""` keeps the layers' names.
+        preserve_sparsity: (kopt, keyword-only) older spelling of the scheme:
+            True is `Default8BitPrunePreserveQuantizeScheme()` (zeros kept;
+            layers whose weights have no zeros get no mask and no extra work),
+            False the default scheme. Pass it or `scheme`, not both.
 
     Returns:
         A new QAT model, not compiled. Compile and fit it, then convert it with
@@ -148,28 +196,32 @@ def quantize_apply(model, *, preserve_sparsity=True):
     qat = kopt.quantization.quantize_apply(kopt.quantization.quantize_annotate_model(model))
     ```
     """
+    scheme = _scheme(scheme, preserve_sparsity, "scheme")
+    prefix = _prefix(quantized_layer_name_prefix)
     model = _check_model(model, "model")
+    quantize_registry = scheme.get_quantize_registry()
 
     def is_quantized(layer):
         return isinstance(layer, QuantizeAnnotate)
 
     unsupported_layers = [
         layer.layer for layer in walk_layers(model)
-        if is_quantized(layer) and layer.quantize_config is None and not registry.is_supported(layer.layer)
+        if is_quantized(layer) and layer.quantize_config is None and not quantize_registry.supports(layer.layer)
     ]
     unsupported = [f"{layer.name} ({type(layer).__name__})" for layer in unsupported_layers]
     if any(isinstance(layer, PruneLowMagnitude) for layer in unsupported_layers):
         raise ValueError(
             "The model still has pruning wrappers (" + ", ".join(unsupported) + "). Strip them first: "
-            "`quantize_model(kopt.sparsity.strip_pruning(model))`; the zeros are kept through QAT.")
+            "`quantize_model(kopt.sparsity.strip_pruning(model), quantize_scheme=kopt.experimental.combine."
+            "Default8BitPrunePreserveQuantizeScheme())` keeps the zeros through QAT.")
     if unsupported:
         raise ValueError(
-            "The default 8-bit scheme does not support these layers: " + ", ".join(unsupported) + ". Either "
+            f"The quantization scheme ({scheme!r}) does not support these layers: " + ", ".join(unsupported) + ". Either "
             "annotate each with a QuantizeConfig: `quantize_annotate_layer(layer, quantize_config=MyConfig())`; "
             "or leave them float: `quantize_model(model, float_layers=[<names or classes>])` (their ops then "
             "stay float in the TFLite file).")
 
-    _log_custom_weights(model, is_quantized)
+    _log_custom_weights(model, is_quantized, quantize_registry)
     folds, fused = transforms.plan(model, is_quantized)
     created = []
 
@@ -185,22 +237,24 @@ def quantize_apply(model, *, preserve_sparsity=True):
         if layer.quantize_config is None and isinstance(inner, registry.SEPARABLE):
             depthwise, pointwise = transforms.split_separable(inner)
             return keras.Sequential([
-                wrap(depthwise, registry.default_config(depthwise), fused=False),  # the intermediate gets a range
-                wrap(pointwise, registry.default_config(pointwise), fused=id(layer) in fused),
+                wrap(depthwise, quantize_registry.get_quantize_config(depthwise), fused=False),  # its own range
+                wrap(pointwise, quantize_registry.get_quantize_config(pointwise), fused=id(layer) in fused),
             ], name=inner.name)
         if id(layer) not in folds:
             replacement = _integer_replacement(inner) if layer.quantize_config is None else None
             inner = copy_layer(inner) if replacement is None else replacement
-        return wrap(inner, layer.quantize_config or registry.default_config(inner), fused=id(layer) in fused)
+        config = layer.quantize_config or quantize_registry.get_quantize_config(inner)
+        return wrap(inner, config, fused=id(layer) in fused)
 
     def wrap(inner, config, fused):
         if config is None:
             return inner
         # Masks (and their multiply in every step) only where there are zeros to keep.
-        keep_zeros = preserve_sparsity and inner.built and any(
+        keep_zeros = scheme.preserve_sparsity and inner.built and any(
             np.any(keras.ops.convert_to_numpy(variable) == 0)
             for variable, _ in config.get_weights_and_quantizers(inner))
-        wrapper = QuantizeWrapper(inner, config, quantize_output=not fused, preserve_sparsity=keep_zeros)
+        wrapper = QuantizeWrapper(inner, config, quantize_output=not fused, preserve_sparsity=keep_zeros,
+                                  name=f"{prefix}{inner.name}")
         created.append(wrapper)
         return wrapper
 
@@ -216,9 +270,12 @@ def quantize_apply(model, *, preserve_sparsity=True):
         # forms: their output gets its own range, except for shape operations, which keep their input's.
         if is_shape_operation(operation):
             return None
-        return QuantizeLayer(name=f"quant_{operation.name}")
+        return QuantizeLayer(scheme.get_activation_quantizer(), name=f"quant_{operation.name}")
 
-    after_input = QuantizeLayer if input_consumers_quantized() else None
+    def after_input():
+        return QuantizeLayer(scheme.get_activation_quantizer())
+
+    after_input = after_input if input_consumers_quantized() else None
     qat = rewrite_model(model, apply, after_input=after_input, after_operation=after_operation)
     for wrapper in created:
         if wrapper.built:
@@ -226,14 +283,14 @@ def quantize_apply(model, *, preserve_sparsity=True):
     return qat
 
 
-def _log_custom_weights(model, is_quantized):
+def _log_custom_weights(model, is_quantized, quantize_registry):
     """Names the custom layers whose own weights the default scheme leaves float (no QuantizeConfig given)."""
     custom = []
     for wrapper in walk_layers(model):
         if not is_quantized(wrapper) or wrapper.quantize_config is not None or is_keras_layer(wrapper.layer):
             continue
         layer = wrapper.layer
-        config = registry.default_config(layer)
+        config = quantize_registry.get_quantize_config(layer)
         reached = {id(v) for v, _ in config.get_weights_and_quantizers(layer)} if config is not None else set()
         held = {id(w) for sub in sublayers(layer) for w in sub.weights}
         own = [w for w in layer.trainable_weights if id(w) not in reached and id(w) not in held]
@@ -246,12 +303,16 @@ def _log_custom_weights(model, is_quantized):
             "(quantize_annotate_layer(layer, quantize_config=...)).", "; ".join(custom))
 
 
-def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
-    """Makes a model quantization-aware with the default int8 scheme (TFLite's).
+def quantize_model(to_quantize, quantized_layer_name_prefix="quant_", *, quantize_scheme=None, float_layers=None,
+                   preserve_sparsity=None):
+    """Makes a model quantization-aware, by default with the int8 scheme of TFLite.
 
-    Same as `quantize_apply(quantize_annotate_model(to_quantize))`. Weights are
-    symmetric and narrow-range, per channel for convolutions and per tensor for
-    Dense; activations are asymmetric per tensor with moving-average ranges.
+    Same as `quantize_apply(quantize_annotate_model(to_quantize), quantize_scheme)`.
+    With the default scheme, weights are symmetric and narrow-range, per
+    channel for convolutions and per tensor for Dense; activations are
+    asymmetric per tensor with moving-average ranges. As in tfmot, the default
+    is plain QAT: a pruned model's zeros are not kept unless you pass
+    `quantize_scheme=kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme()`.
 
     Args:
         to_quantize: a built Keras model: Sequential, Functional (nested models
@@ -259,8 +320,14 @@ def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
             Functional graph of its layers where its `call` allows it (only Keras
             layers and `keras.ops`), and quantized layer by layer; otherwise it is
             quantized whole, as a custom layer (see `SublayerQuantizeConfig`).
-        float_layers: layer names or classes to leave float.
-        preserve_sparsity: keep zero weights at zero (see `quantize_apply`).
+        quantized_layer_name_prefix: prefix of the quantized layers' names
+            (tfmot's second argument).
+        quantize_scheme: (keyword-only) a `QuantizeScheme`; None is
+            `kopt.quantization.default_8bit.Default8BitQuantizeScheme()`.
+        float_layers: (kopt, keyword-only) layer names or classes to leave float.
+        preserve_sparsity: (kopt, keyword-only) older spelling: True is
+            `quantize_scheme=Default8BitPrunePreserveQuantizeScheme()` (see
+            `quantize_apply`).
 
     Returns:
         A new QAT model, not compiled.
@@ -271,8 +338,13 @@ def quantize_model(to_quantize, *, float_layers=None, preserve_sparsity=True):
     qat = kopt.quantization.quantize_model(model)
     qat.compile("adam", "mse")
     qat.fit(x, y, epochs=1, verbose=0)
+    # a pruned model, its zeros kept through QAT:
+    pqat = kopt.quantization.quantize_model(
+        kopt.sparsity.strip_pruning(pruned),
+        quantize_scheme=kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
     ```
     """
+    scheme = _scheme(quantize_scheme, preserve_sparsity, "quantize_scheme")
+    prefix = _prefix(quantized_layer_name_prefix)
     to_quantize = _check_model(to_quantize, "to_quantize")
-    return quantize_apply(quantize_annotate_model(to_quantize, float_layers=float_layers),
-                          preserve_sparsity=preserve_sparsity)
+    return quantize_apply(quantize_annotate_model(to_quantize, float_layers=float_layers), scheme, prefix)

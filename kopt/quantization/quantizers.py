@@ -379,3 +379,72 @@ class ActivationQuantizer(MovingAverageQuantizer):
     def get_config(self):
         return {"num_bits": self.num_bits, "ema_decay": self.ema_decay,
                 "init_min": self.init_min, "init_max": self.init_max}
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class FixedQuantizer(Quantizer):
+    """Quantizes with a fixed range that training never changes (tfmot's `FixedQuantizer`).
+
+    Used by `fix_input_output_range`. The range is kept in `<name>_min` /
+    `<name>_max` weights (with `<name>_seen` = 1, since the range is set from
+    the start), so converters and `kopt.convert` read it like a trained range.
+
+    Args:
+        num_bits: bit width (2 to 16).
+        init_min: the lower end of the range.
+        init_max: the upper end of the range.
+        narrow_range: use `[1, 2^bits - 1]` instead of `[0, 2^bits - 1]`.
+
+    Example:
+
+    ```python
+    quantizer = kopt.quantization.FixedQuantizer(num_bits=8, init_min=0.0, init_max=1.0, narrow_range=False)
+    ```
+    """
+
+    def __init__(self, num_bits, init_min, init_max, narrow_range):
+        if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Integral) or not 2 <= num_bits <= 16:
+            raise ValueError(f"`num_bits` must be an integer from 2 to 16 (FakeQuant's bit widths), got {num_bits!r}.")
+        if not float(init_min) <= 0.0 <= float(init_max) or float(init_min) == float(init_max):
+            raise ValueError(
+                f"The fixed range [{init_min!r}, {init_max!r}] must contain 0 and not be empty (an int8 grid has "
+                "zero on it), e.g. init_min=0.0, init_max=1.0.")
+        self.num_bits = int(num_bits)
+        self.init_min = float(init_min)
+        self.init_max = float(init_max)
+        self.narrow_range = bool(narrow_range)
+
+    def build(self, layer, shape, name):
+        def var(suffix, value):
+            return layer.add_weight(
+                name=f"{name}_{suffix}", shape=(), initializer=keras.initializers.Constant(value),
+                trainable=False, aggregation="none", dtype="float32", autocast=False)
+
+        return {"min": var("min", self.init_min), "max": var("max", self.init_max), "seen": var("seen", 1.0)}
+
+    def __call__(self, inputs, training, weights):
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        x = inputs if dtype == "float32" else ops.cast(inputs, "float32")
+        y = keras.quantizers.fake_quant_with_min_max_vars(
+            x, self.init_min, self.init_max, num_bits=self.num_bits, narrow_range=self.narrow_range)
+        return y if dtype == "float32" else ops.cast(y, dtype)
+
+    def get_config(self):
+        return {"num_bits": self.num_bits, "init_min": self.init_min, "init_max": self.init_max,
+                "narrow_range": self.narrow_range}
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class NoQuantizer(Quantizer):
+    """Leaves the tensor as it is (tfmot's `NoQuantizer`; used by `remove_input_range`).
+
+    Example:
+
+    ```python
+    x = np.linspace(-1, 1, 5).astype("float32")
+    assert np.array_equal(kopt.quantization.NoQuantizer()(x, False, {}), x)
+    ```
+    """
+
+    def __call__(self, inputs, training, weights):
+        return inputs

@@ -5,14 +5,26 @@ from kopt._keras.scope import custom_object_scope
 from kopt.quantization.layers import QuantizeAnnotate, QuantizeLayer
 from kopt.quantization.quantize_config import Default8BitQuantizeConfig
 from kopt.quantization._registry import SublayerQuantizeConfig
+from kopt.quantization._overrides import OverriddenQuantizeConfig
+from kopt.quantization.fix_range import FixedQuantizeConfig
 from kopt.quantization.quantizers import (
     ActivationQuantizer,
     AllValuesQuantizer,
+    FixedQuantizer,
+    NoQuantizer,
     LastValueQuantizer,
     MovingAverageQuantizer,
     WeightQuantizer,
 )
 from kopt.quantization.wrapper import QuantizeWrapper
+
+
+def _cluster_classes():
+    # Imported here: kopt.experimental.combine builds on kopt.quantization.
+    from kopt.experimental.combine.cluster_preserve_quantizer import (
+        ClusterPreserveQuantizeConfig, ClusterPreserveQuantizer)
+
+    return ClusterPreserveQuantizeConfig, ClusterPreserveQuantizer
 
 
 def quantize_scope(*args):
@@ -49,5 +61,6 @@ def quantize_scope(*args):
     return custom_object_scope(
         "quantize_scope",
         (QuantizeAnnotate, QuantizeLayer, QuantizeWrapper, Default8BitQuantizeConfig, SublayerQuantizeConfig,
-         LastValueQuantizer, MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer),
+         LastValueQuantizer, MovingAverageQuantizer, AllValuesQuantizer, WeightQuantizer, ActivationQuantizer,
+         FixedQuantizer, NoQuantizer, OverriddenQuantizeConfig, FixedQuantizeConfig, *_cluster_classes()),
         args, "quantize_scope({'MyQuantizeConfig': MyQuantizeConfig})")

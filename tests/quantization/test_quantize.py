@@ -12,6 +12,7 @@ from keras import ops
 from kopt import convert, quantization, sparsity
 from kopt.datasets import load_digits
 from kopt.demo import build_cnn
+from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
 from litert_truth import decisive, file_sqnr, np_sqnr, only_output
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -35,7 +36,7 @@ def pruned_qat(digits):
     pruned.compile(keras.optimizers.Adam(5e-4), LOSS)
     pruned.fit(x_train, y_train, batch_size=32, epochs=7, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
     stripped = sparsity.strip_pruning(pruned)
-    qat = quantization.quantize_model(stripped)
+    qat = quantization.quantize_model(stripped, quantize_scheme=Default8BitPrunePreserveQuantizeScheme())
     qat.compile(keras.optimizers.Adam(1e-4), LOSS, metrics=["accuracy"])
     qat.fit(x_train, y_train, batch_size=32, epochs=3, verbose=0)
     return stripped, qat

@@ -12,6 +12,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from kopt import convert, quantization, sparsity
+from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
 from tests.litert_truth import litert, np_sqnr
 
 L = keras.layers
@@ -122,7 +123,8 @@ def test_pruned_bert_quantizes_to_full_int8_and_keeps_its_zeros(tmp_path, caplog
     pruned.compile(keras.optimizers.Adam(3e-3), LOSS)
     pruned.fit(train, y[:512], batch_size=32, epochs=3, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
     with caplog.at_level("INFO", logger="kopt"):
-        qat = quantization.quantize_model(sparsity.strip_pruning(pruned))
+        qat = quantization.quantize_model(sparsity.strip_pruning(pruned),
+                                          quantize_scheme=Default8BitPrunePreserveQuantizeScheme())
     assert "position_embedding (PositionEmbedding" in caplog.text and "QuantizeConfig" in caplog.text
     encoder = qat.get_layer("bert_backbone").get_layer("quant_transformer_layer_0")
     assert isinstance(encoder.quantize_config, quantization.SublayerQuantizeConfig)
