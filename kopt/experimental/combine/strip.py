@@ -42,6 +42,8 @@ def strip_clustering_cqat(to_strip):
     dense.kernel.assign(np.round(keras.ops.convert_to_numpy(dense.kernel) * 4) / 4)
     qat = kopt.quantization.quantize_model(
         model, quantize_scheme=kopt.experimental.combine.Default8BitClusterPreserveQuantizeScheme())
+    qat.compile("adam", "mse")
+    qat.fit(x, y, epochs=1, verbose=0)
     final = kopt.experimental.combine.strip_clustering_cqat(qat)
     tflite = kopt.convert.to_tflite(final, representative_data=x, validation_data=x)
     ```
