@@ -63,11 +63,13 @@ class DefaultNBitQuantizeScheme(QuantizeScheme):
     The default 8-bit scheme with `num_bits_weight` bits for every weight
     quantizer and `num_bits_activation` bits for activations, outputs and model
     inputs. It simulates low bit widths in training only: TFLite stores and runs
-    8 bits, so a file converted from 4-bit QAT holds int8 weights that take at
-    most 16 distinct values per tensor (per channel for per-axis kernels), and
-    it is no smaller than an 8-bit file (compress it, or pack the values
-    yourself). Activations below 8 bits have no TFLite kernel: convert those
-    models for evaluation only.
+    8 bits, so a file converted from 4-bit QAT holds int8 weights with at most
+    16 distinct values per tensor (per channel for per-axis kernels); measured:
+    the converter stores the narrow-range 4-bit grid as int8 -7..7. The file is
+    no smaller than an 8-bit one (compress it, or pack the values yourself).
+    Activations below 8 bits train and evaluate in Keras but do not convert:
+    the converter types them `i4`, which TFLite's int8 kernels reject
+    (measured; `kopt.convert.to_tflite` raises a `ConversionError`).
 
     Args:
         disable_per_axis: quantize Conv2D/DepthwiseConv2D kernels per tensor.
