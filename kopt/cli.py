@@ -154,7 +154,8 @@ def _load_model(path):
         raise _UsageError(f"MODEL {path!r}: expected a Keras model file (.keras, or legacy .h5).")
     import keras
 
-    import kopt.distill  # noqa: F401  (registers kopt's serializable layers and losses)
+    import kopt.clustering  # noqa: F401  (registers kopt's serializable layers and losses)
+    import kopt.distill  # noqa: F401
     import kopt.quantization  # noqa: F401
     import kopt.sparsity  # noqa: F401
 
@@ -240,6 +241,8 @@ def _inspect(args):
     print(info)
     if args.tensors:
         print(_tensor_table(_as_json(info)["tensors"]))
+    if args.weights:
+        print(_weight_table(_as_json(info).get("weights") or []))
 
 
 def _quantization(tensor):
@@ -249,6 +252,23 @@ def _quantization(tensor):
     if len(scales) == 1:
         return f"scale {scales[0]:.6g}, zero point {zeros[0] if zeros else 0}"
     return f"{len(scales)} channels: scale {min(scales):.3g} to {max(scales):.3g}"
+
+
+def _weight_table(weights, width=60):
+    """A text table of weight tensors: op, shape, distinct values (overall and per channel) and zeros."""
+    if not weights:
+        return "no weight tensors (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV) in this file"
+    rows = [("weight", "op", "shape", "distinct", "per channel", "zeros")]
+    for w in weights:
+        name = w["name"] if len(w["name"]) <= width else "..." + w["name"][-(width - 3):]
+        shape = "(" + ", ".join(str(d) for d in w["shape"]) + ")"
+        per_channel = "" if w["unique_per_channel"] is None else f"<= {w['unique_per_channel']}"
+        size = 1
+        for d in w["shape"]:
+            size *= d
+        rows.append((name, w["op"], shape, str(w["unique_values"]), per_channel, f"{w['zeros'] / max(size, 1):.1%}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
 
 
 def _tensor_table(tensors, width=60):
@@ -357,6 +377,9 @@ def build_parser():
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--tensors", action="store_true",
                          help="also list every tensor: dtype, shape and quantization parameters")
+    inspect.add_argument("--weights", action="store_true",
+                         help="also list each weight tensor: distinct values (per channel too) and zeros, e.g. to "
+                              "check that clustering or pruning survived conversion")
     inspect.set_defaults(run=_inspect)
 
     bench = command("bench", "median and spread of a .tflite file's latency in LiteRT (XNNPACK CPU)")

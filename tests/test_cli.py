@@ -100,6 +100,37 @@ def test_inspect_and_bench(files, capsys):
     assert result["runs"] == 20 and result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
 
 
+def test_inspect_weights_counts_the_distinct_int8_values_of_a_clustered_model(files, capsys, digits_data):
+    from kopt import clustering
+
+    folder, model, *_ = files
+    (x_train, y_train), _ = digits_data
+    clustered = clustering.strip_clustering(clustering.cluster_weights(model, number_of_clusters=8))
+    clustered.save(folder / "clustered.keras")
+    path = folder / "clustered_int8.tflite"
+    assert _run(capsys, "convert", folder / "clustered.keras", "-o", path, "--representative",
+                folder / "calib.npy")[0] == 0
+    code, out, _ = _run(capsys, "inspect", path, "--json")
+    assert code == 0
+    weights = json.loads(out)["weights"]
+    # The truth: the constant weight tensors as LiteRT reads them.
+    interpreter = Interpreter(model_content=path.read_bytes())
+    by_name = {d["name"]: d for d in interpreter.get_tensor_details()}
+    assert [w["op"] for w in weights] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"]
+    for w in weights:
+        values = interpreter.get_tensor(by_name[w["name"]]["index"])
+        assert w["unique_values"] == len(np.unique(values)) and w["zeros"] == int(np.sum(values == 0))
+        if w["unique_per_channel"] is not None:  # per-channel scales: 8 float values, <= 8 int8 values a channel
+            assert w["unique_per_channel"] == max(len(np.unique(values[c])) for c in range(values.shape[0])) <= 8
+        else:
+            assert w["unique_values"] <= 8
+    # The unclustered model's file has many more.
+    code, out, _ = _run(capsys, "inspect", folder / "float.tflite", "--json")
+    assert min(w["unique_values"] for w in json.loads(out)["weights"]) > 100
+    code, out, _ = _run(capsys, "inspect", path, "--weights")
+    assert code == 0 and "4 weight tensors: " in out and "per channel" in out.splitlines()[-5]
+
+
 def test_onnx_export_and_inspect_agree_with_onnxruntime(files, capsys):
     import onnx
     import onnxruntime

@@ -10,12 +10,14 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import convert, distill, distribute, errors, manifest, quantization, search, sparsity, structured
+from kopt import (clustering, convert, distill, distribute, errors, manifest, quantization, search, sparsity,
+                  structured)
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
-    for module, name in (("sparsity", sparsity), ("structured", structured), ("quantization", quantization),
+    for module, name in (("sparsity", sparsity), ("structured", structured), ("clustering", clustering),
+                         ("quantization", quantization),
                          ("convert", convert),
                          ("distill", distill), ("search", search),
                          ("distribute", distribute), ("manifest", manifest), ("errors", errors)):
@@ -48,8 +50,10 @@ def _namespace():
     pruned.compile("adam", "mse")
     x, y = np.random.rand(16, 8).astype("float32"), np.random.rand(16, 2).astype("float32")
     pruned.fit(x, y, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    clustered = clustering.cluster_weights(model, number_of_clusters=4)
+    clustered.compile("adam", "mse")
     return {"np": np, "keras": keras, "kopt": kopt, "model": model, "pruned": pruned, "pruned_model": pruned,
-            "x": x, "y": y}
+            "clustered": clustered, "clustered_model": clustered, "x": x, "y": y}
 
 
 def test_every_public_name_has_an_example():

@@ -55,6 +55,9 @@ class TFLiteInfo:
     tensors: list  # [{"name", "dtype", "shape", "scales", "zero_points", "constant"}]
     zero_weight_fraction: float  # zeros among the weights of CONV/DEPTHWISE/FULLY_CONNECTED/TRANSPOSE_CONV ops
     float_ops: list  # ops that compute on float tensors: [(op name, output tensor name)]
+    # Each weight of those ops: {"name", "op", "shape", "dtype", "unique_values", "unique_per_channel" (the most
+    # distinct values in one output channel, for per-channel quantized weights, else None), "zeros"}.
+    weights: list = dataclasses.field(default_factory=list)
 
     @property
     def is_full_integer(self):
@@ -72,6 +75,9 @@ class TFLiteInfo:
             for t in tensors:
                 q = f" scale={t['scales'][0]:.6g} zero_point={t['zero_points'][0]}" if t["scales"] else ""
                 lines.append(f"  {label} {t['name']}: {t['dtype']} {t['shape']}{q}")
+        if self.weights:
+            unique = [w["unique_values"] for w in self.weights]
+            lines.append(f"  {len(self.weights)} weight tensors: {min(unique)} to {max(unique)} distinct values each")
         lines.append("  full integer" if self.is_full_integer else
                      "  float ops: " + ", ".join(f"{op} ({name})" for op, name in self.float_ops))
         return "\n".join(lines)
@@ -108,7 +114,7 @@ def inspect_tflite(tflite):
     tensors = {i: _tensor(d, i in constant) for i, d in details.items()}
 
     zeros = total = 0
-    float_ops, described = [], []
+    float_ops, described, weights = [], [], []
     for op in ops:
         name = op["op_name"]
         ins = [tensors[i] for i in op["inputs"] if i >= 0]
@@ -120,6 +126,7 @@ def inspect_tflite(tflite):
                 values = it.get_tensor(weight)
                 zeros += int(np.count_nonzero(values == 0))
                 total += values.size
+                weights.append(_weight_summary(name, tensors[weight], values, details[weight]))
         activations = [t for t in ins + outs if not t["constant"]]
         if name not in ("QUANTIZE", "DEQUANTIZE") and any(t["dtype"] in _FLOAT for t in activations):
             float_ops.append((name, outs[0]["name"] if outs else ""))
@@ -133,8 +140,21 @@ def inspect_tflite(tflite):
         # Only the file's tensors: the interpreter also lists its scratch buffers (e.g. im2col), which no op
         # names as an input or output.
         tensors=[t for i, t in tensors.items() if i in graph_io or i in referenced],
-        zero_weight_fraction=zeros / total if total else 0.0, float_ops=float_ops,
+        zero_weight_fraction=zeros / total if total else 0.0, float_ops=float_ops, weights=weights,
     )
+
+
+def _weight_summary(op, tensor, values, detail):
+    """Distinct values and zeros of one weight tensor (per output channel too when it is quantized per channel)."""
+    axis = detail.get("quantization_parameters", {}).get("quantized_dimension", 0)
+    per_channel = len(tensor["scales"]) > 1 and values.ndim > 0
+    return {
+        "name": tensor["name"], "op": op, "shape": tensor["shape"], "dtype": tensor["dtype"],
+        "unique_values": int(np.unique(values).size),
+        "unique_per_channel": (max(int(np.unique(np.take(values, c, axis=axis)).size)
+                                   for c in range(values.shape[axis])) if per_channel else None),
+        "zeros": int(np.count_nonzero(values == 0)),
+    }
 
 
 def _to_file_type(batch, detail):
