@@ -39,7 +39,7 @@ from kopt.quantization.quantizers import (
 from kopt.quantization.scope import quantize_scope
 from kopt.quantization._registry import SublayerQuantizeConfig
 from kopt.quantization.wrapper import QuantizeWrapper
-from kopt.quantization import default_8bit, experimental  # noqa: E402  (tfmot's submodules)
+from kopt.quantization import default_8bit, experimental  # tfmot's submodules
 
 __all__ = [
     "ActivationQuantizer",

@@ -152,7 +152,8 @@ def _prefix(quantized_layer_name_prefix):
         hint = (" Pass a scheme as `quantize_scheme=...`." if isinstance(quantized_layer_name_prefix, QuantizeScheme)
                 else "")
         raise ValueError(
-            f"`quantized_layer_name_prefix` must be a string, e.g. 'quant_', got {quantized_layer_name_prefix!r}.{hint}")
+            "`quantized_layer_name_prefix` must be a string, e.g. 'quant_', got "
+            f"{quantized_layer_name_prefix!r}.{hint}")
     return quantized_layer_name_prefix
 
 
@@ -216,7 +217,8 @@ def quantize_apply(model, scheme=None, quantized_layer_name_prefix="quant_", *, 
             "Default8BitPrunePreserveQuantizeScheme())` keeps the zeros through QAT.")
     if unsupported:
         raise ValueError(
-            f"The quantization scheme ({scheme!r}) does not support these layers: " + ", ".join(unsupported) + ". Either "
+            f"The quantization scheme ({scheme!r}) does not support these layers: " + ", ".join(unsupported)
+            + ". Either "
             "annotate each with a QuantizeConfig: `quantize_annotate_layer(layer, quantize_config=MyConfig())`; "
             "or leave them float: `quantize_model(model, float_layers=[<names or classes>])` (their ops then "
             "stay float in the TFLite file).")
