@@ -15,6 +15,7 @@ final = kopt.sparsity.strip_pruning(pruned)
 from kopt.sparsity.callbacks import PruningSummaries, UpdatePruningStep
 from kopt.sparsity.prunable_layer import PrunableLayer
 from kopt.sparsity.prune import prune_low_magnitude, strip_pruning
+from kopt.sparsity.pruning_policy import PruneForLatencyOnXNNPack, PruningPolicy
 from kopt.sparsity.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from kopt.sparsity.scope import prune_scope
 from kopt.sparsity.stats import get_sparsity
@@ -24,7 +25,9 @@ __all__ = [
     "ConstantSparsity",
     "PolynomialDecay",
     "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
     "PruneLowMagnitude",
+    "PruningPolicy",
     "PruningSchedule",
     "PruningSummaries",
     "UpdatePruningStep",

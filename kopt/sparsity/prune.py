@@ -8,6 +8,7 @@ from kopt._keras.clone import (
     as_graph_model, copy_layer, copy_with_values, is_graph_model, is_subclassed_model, rewrite_model)
 from kopt._keras.sublayers import is_keras_layer
 from kopt.sparsity import _registry as registry
+from kopt.sparsity.pruning_policy import PruningPolicy
 from kopt.sparsity.schedules import ConstantSparsity
 from kopt.sparsity.wrapper import PruneLowMagnitude, validate_pruning_params
 
@@ -35,7 +36,8 @@ def prune_low_magnitude(
     - A list of layers gives a list of wrapped layers (InputLayers and layers
       that are already wrapped are kept as they are).
     - A Sequential or Functional model is cloned, recursing into nested
-      models, with every prunable layer wrapped. Its weights are copied; the
+      models, with every prunable layer wrapped (only those a
+      `pruning_policy` allows, when one is given). Its weights are copied; the
       original model is left untouched. Layers that cannot be pruned are kept
       as they are and named in one `kopt` log line. The result is not compiled.
     - A built subclassed model (layers as attributes, a `call`) is copied and
@@ -75,9 +77,13 @@ def prune_low_magnitude(
         block_size: `(height, width)` of weight blocks pruned together; for
             rank-2 weights (Dense, Embedding) only.
         block_pooling_type: "AVG" or "MAX": how a block's magnitude is pooled.
-        pruning_policy: tfmot's `PruningPolicy` (e.g. `PruneForLatencyOnXNNPack`);
-            kopt has none yet, so only `None` is accepted. Kept in tfmot's
-            position so positional calls mean the same.
+        pruning_policy: a `PruningPolicy` instance (e.g.
+            `PruneForLatencyOnXNNPack()`) or None (default). With a model, the
+            policy first checks it (`ensure_model_supports_pruning` raises a
+            ValueError if the model does not qualify), then only the layers it
+            allows (`allow_pruning`) are wrapped, nested models included; the
+            others are copied as they are. As in tfmot, it is not used when
+            `to_prune` is a layer or a list.
         sparsity_m_by_n: `(m, n)`: m zeros in every n consecutive input-channel
             weights, e.g. `(2, 4)`; Dense and Conv2D-like layers only.
         prune_depthwise: keyword only. When pruning a model or a list, also
@@ -107,14 +113,18 @@ def prune_low_magnitude(
     everything = kopt.sparsity.prune_low_magnitude(cnn, prune_depthwise=True)
     assert [type(layer).__name__ for layer in default.layers] == ["DepthwiseConv2D", "PruneLowMagnitude"]
     assert [type(layer).__name__ for layer in everything.layers] == ["PruneLowMagnitude"] * 2
+
+    # Only the 1x1 Conv2D layers XNNPACK's sparse inference speeds up (the model must qualify):
+    mobile = keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.ZeroPadding2D(1),
+        keras.layers.Conv2D(8, 3, strides=2, padding="valid"), keras.layers.Conv2D(16, 1),
+        keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Flatten(), keras.layers.Dense(2)])
+    latency = kopt.sparsity.prune_low_magnitude(
+        mobile, pruning_policy=kopt.sparsity.PruneForLatencyOnXNNPack())
+    assert [type(layer).__name__ for layer in latency.layers][1:3] == ["Conv2D", "PruneLowMagnitude"]
     ```
     """
-    if pruning_policy is not None:
-        raise ValueError(
-            f"`pruning_policy`={pruning_policy!r} is not supported: kopt has no pruning policies yet. "
-            "Pass pruning_policy=None and choose the layers to prune yourself (e.g. prune a list of "
-            "layers, or wrap them in keras.models.clone_model's clone_function)."
-        )
+    _check_pruning_policy(pruning_policy)
     if not isinstance(prune_depthwise, bool):
         raise ValueError(f"`prune_depthwise` must be True or False, got {prune_depthwise!r}.")
     params = dict(zip(
@@ -122,13 +132,18 @@ def prune_low_magnitude(
         validate_pruning_params(pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n),
     ))
 
+    if pruning_policy is not None and not isinstance(to_prune, keras.Model):
+        logger.info("prune_low_magnitude: `pruning_policy` applies to whole models only (as in tfmot); "
+                    "ignored for a layer or a list of layers.")
     if isinstance(to_prune, (list, tuple)):
         left_dense = []
         pruned = [_prune_listed_layer(layer, params, prune_depthwise, left_dense) for layer in to_prune]
         _log_left_dense(left_dense)
         return pruned
     if isinstance(to_prune, keras.Model):
-        return _prune_model(as_graph_model(to_prune, "to_prune"), params, prune_depthwise)
+        if pruning_policy is not None:
+            pruning_policy.ensure_model_supports_pruning(to_prune)
+        return _prune_model(as_graph_model(to_prune, "to_prune"), params, prune_depthwise, pruning_policy)
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
     raise ValueError(
@@ -136,6 +151,21 @@ def prune_low_magnitude(
         f"keras.Model; got {type(to_prune).__module__}.{type(to_prune).__name__}. "
         "(tf_keras / tf.keras 2 models are not Keras 3 models: use tfmot for those.)"
     )
+
+
+def _check_pruning_policy(pruning_policy):
+    if pruning_policy is None or isinstance(pruning_policy, PruningPolicy):
+        return
+    if isinstance(pruning_policy, type) and issubclass(pruning_policy, PruningPolicy):
+        fix = f"pass an instance: pruning_policy={pruning_policy.__name__}()"
+    elif type(pruning_policy).__module__.startswith("tensorflow_model_optimization"):
+        fix = ("tfmot's policies work on tf_keras layers only: use kopt's, e.g. "
+               "pruning_policy=kopt.sparsity.PruneForLatencyOnXNNPack()")
+    else:
+        fix = ("pass None, kopt.sparsity.PruneForLatencyOnXNNPack(), or an instance of your own subclass of "
+               "kopt.sparsity.PruningPolicy")
+    raise ValueError(f"`pruning_policy` must be a kopt.sparsity.PruningPolicy instance or None, got "
+                     f"{pruning_policy!r}: {fix}.")
 
 
 def _describe(layer):
@@ -160,12 +190,16 @@ def _prune_listed_layer(layer, params, prune_depthwise, left_dense):
     return PruneLowMagnitude(layer, **params)
 
 
-def _prune_model(model, params, prune_depthwise):
-    left_out, left_dense, custom = [], [], []
+def _prune_model(model, params, prune_depthwise, pruning_policy=None):
+    left_out, left_dense, custom, not_allowed = [], [], [], []
 
     def wrap(layer):
         if isinstance(layer, PruneLowMagnitude):
             return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_wrapper(layer)
+        if pruning_policy is not None and not pruning_policy.allow_pruning(layer):
+            if registry.is_prunable(layer):
+                not_allowed.append(_describe(layer))
+            return copy_layer(layer)
         if not registry.is_prunable(layer):
             if layer.weights:
                 (left_out if is_keras_layer(layer) else custom).append(_describe(layer))
@@ -184,6 +218,9 @@ def _prune_model(model, params, prune_depthwise):
             "them, subclass kopt.sparsity.PrunableLayer and return them from get_prunable_weights().",
             ", ".join(custom))
     _log_left_dense(left_dense)
+    if not_allowed:
+        logger.info("prune_low_magnitude: left dense by the pruning policy %s: %s",
+                    type(pruning_policy).__name__, ", ".join(not_allowed))
     return pruned
 
 
