@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 import kopt  # noqa: E402
 from kopt import convert, distill, quantization, sparsity  # noqa: E402
+from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme  # noqa: E402
 from kopt.datasets import load_digits  # noqa: E402
 from kopt.demo import build_cnn  # noqa: E402
 
@@ -152,7 +153,9 @@ def pruned_int8(student, fit, epochs, steps_per_epoch, x_repr, x_test, y_test):
     pruned = sparsity.prune_low_magnitude(student, pruning_schedule=prune_schedule(epochs["prune"], steps_per_epoch))
     pruned = fit(pruned, epochs["prune"], 5e-4, [sparsity.UpdatePruningStep()])
     stripped = sparsity.strip_pruning(pruned)
-    qat = fit(quantization.quantize_model(stripped), epochs["qat"], 1e-4, [])
+    # PQAT: the pruned zeros stay zero through QAT.
+    qat = fit(quantization.quantize_model(stripped, quantize_scheme=Default8BitPrunePreserveQuantizeScheme()),
+              epochs["qat"], 1e-4, [])
     tflite = convert.to_tflite(qat, quantization="int8", representative_data=x_repr)
     acc = litert_accuracy(tflite, x_test, y_test)
     assert abs(acc - convert.evaluate(tflite, x_test, y_test)) < 1e-9  # kopt's own evaluation agrees
