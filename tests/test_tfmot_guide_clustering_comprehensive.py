@@ -13,7 +13,6 @@ The setup cell's helpers are module functions and its data and pretrained weight
 it computed.
 """
 
-import os
 import tempfile
 
 import keras

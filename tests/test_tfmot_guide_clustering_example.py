@@ -152,7 +152,8 @@ def test_cluster_whole_model(clustering, baseline):
 
 @pytest.fixture(scope="module")
 def fine_tuned(clustering, baseline):
-    clustered_model, train_images, train_labels = clustering.clustered_model, baseline.train_images, baseline.train_labels
+    clustered_model = clustering.clustered_model
+    train_images, train_labels = baseline.train_images, baseline.train_labels
     # Fine-tune model
     clustered_model.fit(
       train_images,

@@ -12,6 +12,7 @@ code after the load runs unchanged:
   style splits and an info object holding `splits['train'].num_examples`.
 """
 
+import functools
 import re
 import types
 
@@ -19,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 
-def _digits(size, pad):
+@functools.lru_cache(maxsize=None)
+def _digits_cached(size, pad):
     from kopt.datasets import load_digits
 
     (x_train, y_train), (x_test, y_test) = load_digits()
@@ -30,6 +32,11 @@ def _digits(size, pad):
         return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
     return (upscale(x_train), y_train.astype(np.uint8)), (upscale(x_test), y_test.astype(np.uint8))
+
+
+def _digits(size, pad):
+    (x_train, y_train), (x_test, y_test) = _digits_cached(size, pad)
+    return (x_train.copy(), y_train.copy()), (x_test.copy(), y_test.copy())  # callers may change theirs
 
 
 def load_mnist_like():
