@@ -78,7 +78,8 @@ tfds = types.SimpleNamespace(load=_load)
 def constant_tensors(tflite_file, dtype=np.int8):
     """The constant kernels of a .tflite file (a path or its bytes): {name: (array, axis)}.
 
-    `axis` is the quantized dimension of a per-channel kernel, None for a per-tensor or float one.
+    `axis` is the quantized dimension of a per-channel kernel, None for a float one or a per-tensor one (one scale,
+    which the converter may write once per channel).
 
     Args:
         tflite_file: a path or the file's bytes.
@@ -100,7 +101,8 @@ def constant_tensors(tflite_file, dtype=np.int8):
     for detail in interpreter.get_tensor_details():
         if detail["dtype"] == dtype and detail["name"] in constant and len(detail["shape"]) >= 2:
             quantization = detail["quantization_parameters"]
-            axis = quantization["quantized_dimension"] if len(quantization["scales"]) > 1 else None
+            per_channel = len(set(quantization["scales"].tolist())) > 1  # the converter repeats a per-tensor scale
+            axis = quantization["quantized_dimension"] if per_channel else None
             tensors[detail["name"]] = (interpreter.get_tensor(detail["index"]), axis)
     return tensors
 
