@@ -71,17 +71,23 @@ def tfmot_worker(src, dst):
     config = json.loads(str(data["config"]))
     results = {}
     for name, spec in config["models"].items():
-        tf_keras.utils.set_random_seed(0)
-        if name == "digits_cnn":
-            L = tf_keras.layers
-            model = tf_keras.Sequential([
-                tf_keras.Input((8, 8, 1)), L.Conv2D(16, 3, padding="same", activation="relu"),
-                L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(), L.Flatten(),
-                L.Dense(128, activation="relu"), L.Dense(10)])
-        else:
-            model = tf_keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10,
-                                                      classifier_activation=None)
-        model.set_weights([data[f"{name}_weight_{i}"] for i in range(spec["n_weights"])])
+        def fresh():
+            # A new model each time: tfmot's clustered model shares its layers with the model passed in, and
+            # clustering it again fails (StopIteration in ClusterWeights.build).
+            tf_keras.utils.set_random_seed(0)
+            if name == "digits_cnn":
+                L = tf_keras.layers
+                model = tf_keras.Sequential([
+                    tf_keras.Input((8, 8, 1)), L.Conv2D(16, 3, padding="same", activation="relu"),
+                    L.Conv2D(32, 3, padding="same", activation="relu"), L.MaxPooling2D(), L.Flatten(),
+                    L.Dense(128, activation="relu"), L.Dense(10)])
+            else:
+                model = tf_keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3),
+                                                          classes=10, classifier_activation=None)
+            model.set_weights([data[f"{name}_weight_{i}"] for i in range(spec["n_weights"])])
+            return model
+
+        model = fresh()
         x_train, y_train = data[f"{name}_x_train"], data["y_train"]
         x_test, y_test = data[f"{name}_x_test"], data["y_test"]
 
@@ -98,7 +104,7 @@ def tfmot_worker(src, dst):
         for n in config["clusters"]:
             tf_keras.utils.set_random_seed(0)
             clustered = tfmot.clustering.keras.cluster_weights(
-                model, number_of_clusters=n,
+                fresh(), number_of_clusters=n,
                 cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS)
             clustered.compile(tf_keras.optimizers.Adam(1e-4),
                               tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 PRUNE_LEARNING_RATE_FACTOR = 0.5
+CLUSTER_LEARNING_RATE_FACTOR = 0.1
 QAT_LEARNING_RATE_FACTOR = 0.1
 RAMP_FRACTION = 0.7  # sparsity reaches its target after this fraction of the pruning steps
 
@@ -164,8 +165,56 @@ def prune(model, x, y=None, *, sparsity, epochs, batch_size=None, reference=None
     return recompile_like(kopt_sparsity.strip_pruning(pruned), reference)
 
 
+def cluster(model, x, y=None, *, clusters, epochs, preserve_sparsity=False, batch_size=None, reference=None,
+            learning_rate=None, seed=None, verbose=0, **fit_kwargs):
+    """Clusters `model`'s kernels (k-means++) while fine-tuning it, then strips the clustering wrappers.
+
+    Args:
+        model: a trained (or pruned and stripped) Keras model.
+        x: training inputs, as for `model.fit`.
+        y: training labels (None when `x` is a dataset of `(x, y)` batches).
+        clusters: distinct values per kernel (`kopt.clustering.cluster_weights`'s `number_of_clusters`).
+        epochs: epochs of fine-tuning while clustered.
+        preserve_sparsity: keep a pruned model's zeros (one centroid stays 0; `clusters` >= 3).
+        batch_size: as for `model.fit`.
+        reference: the compiled model whose compile arguments are reused (default: `model`).
+        learning_rate: the fine-tuning learning rate (default: a tenth of the reference's constant one).
+        seed: if not None, `keras.utils.set_random_seed(seed)` first.
+        verbose: as for `model.fit`.
+        **fit_kwargs: passed to `model.fit`.
+
+    Returns:
+        The stripped model (plain Keras layers, at most `clusters` distinct values per kernel), compiled like
+        `reference`. Fine-tune it with `quantize_aware(..., scheme=Default8BitClusterPreserveQuantizeScheme())` to keep
+        the clusters through QAT.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    from kopt import recipe
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = np.random.rand(64, 8).astype("float32"), np.arange(64) % 3
+    clustered = recipe.cluster(model, x, y, clusters=4, epochs=1, batch_size=16)
+    assert len(np.unique(clustered.layers[0].kernel.numpy())) <= 4
+    ```
+    """
+    from kopt import clustering
+
+    _check_epochs(epochs, "epochs")
+    reference = model if reference is None else reference
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    clustered = clustering.experimental.cluster_weights(model, clusters, preserve_sparsity=preserve_sparsity)
+    recompile_like(clustered, reference, CLUSTER_LEARNING_RATE_FACTOR, learning_rate)
+    clustered.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
+    return recompile_like(clustering.strip_clustering(clustered), reference)
+
+
 def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None, learning_rate=None, seed=None,
-                   verbose=0, **fit_kwargs):
+                   verbose=0, scheme=None, **fit_kwargs):
     """Fine-tunes `model` quantization-aware, keeping its zero weights at zero (the recipe's second half).
 
     Args:
@@ -178,12 +227,14 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
         learning_rate: the fine-tuning learning rate (default: a tenth of the reference's constant one).
         seed: if not None, `keras.utils.set_random_seed(seed)` first.
         verbose: as for `model.fit`.
+        scheme: the quantization scheme (default `Default8BitPrunePreserveQuantizeScheme()`, PQAT); after
+            `cluster`, `kopt.experimental.combine.Default8BitClusterPreserveQuantizeScheme()` keeps the clusters.
         **fit_kwargs: passed to `model.fit`.
 
     Returns:
-        The quantization-aware model (`kopt.quantization.quantize_model` with
+        The quantization-aware model (`kopt.quantization.quantize_model` with `scheme`, by default
         `kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme()`: the zeros stay zero), trained,
-        ready for `kopt.convert.to_tflite`.
+        ready for `kopt.convert.to_tflite` (after CQAT, passed through `strip_clustering_cqat`).
 
     Example:
 
@@ -206,9 +257,14 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
     from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
 
     # tfmot's default scheme lets zeros change; the recipe's pruned model must stay pruned (PQAT).
-    qat = quantization.quantize_model(model, quantize_scheme=Default8BitPrunePreserveQuantizeScheme())
+    qat = quantization.quantize_model(model, quantize_scheme=scheme or Default8BitPrunePreserveQuantizeScheme())
     recompile_like(qat, reference, QAT_LEARNING_RATE_FACTOR, learning_rate)
     qat.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
+    from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme, strip_clustering_cqat
+
+    if isinstance(scheme, Default8BitClusterPreserveQuantizeScheme):
+        # CQAT computes each kernel from its centroids; the converter needs the clustered values written in.
+        qat = recompile_like(strip_clustering_cqat(qat), reference)
     return qat
 
 

@@ -170,3 +170,28 @@ def test_quantize_aware_keeps_the_zero_positions_of_a_pruned_model():
     assert wrapper.preserve_sparsity
     after = keras.ops.convert_to_numpy(wrapper.layer.kernel)
     np.testing.assert_array_equal(after == 0, kernel == 0)
+
+
+def test_prune_cluster_then_cluster_preserving_qat_keeps_zeros_and_clusters_in_the_int8_file():
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kopt import convert
+    from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme
+
+    x, y = _data(256)
+    model = _model()
+    model.fit(x, y, epochs=2, verbose=0)
+    pruned = recipe.prune(model, x, y, sparsity=0.5, epochs=2, batch_size=32)
+    rates = _LearningRates()
+    clustered = recipe.cluster(pruned, x, y, clusters=6, epochs=1, preserve_sparsity=True, reference=model,
+                               callbacks=[rates])
+    assert rates.seen == pytest.approx([2e-4])  # a tenth of the model's learning rate
+    kernel = keras.ops.convert_to_numpy(clustered.layers[0].kernel)
+    assert len(np.unique(kernel)) <= 6 and np.mean(kernel == 0) >= 0.5
+    qat = recipe.quantize_aware(clustered, x, y, epochs=1, reference=model,
+                                scheme=Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True))
+    tflite = convert.to_tflite(qat, validation_data=x)  # full int8: strip_clustering_cqat ran in the recipe
+    interpreter = Interpreter(model_content=bytes(tflite))
+    (first,) = [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+                if d["dtype"] == np.int8 and tuple(d["shape"]) == (32, 8)]  # the first kernel, (out, in)
+    assert len(np.unique(first)) <= 6 and np.mean(first == 0) >= 0.5

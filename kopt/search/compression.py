@@ -10,6 +10,10 @@ list of values, or (for "sparsity" and "temperature") searched over a
 - "channels": fraction of each channel group removed physically
   (`kopt.structured.prune_channels`, then "prune_epochs" of fine-tuning),
   in [0, 1): a smaller, faster network. Default 0 (not searched).
+- "clusters": distinct values per kernel after weight clustering
+  (`kopt.recipe.cluster`, after pruning, keeping its zeros; then "prune_epochs" of fine-tuning), an integer >= 3,
+  or 0 for no clustering. Default 0 (not searched); a list searches, e.g. `[0, 16, 32]`. An int8 QAT trial then
+  keeps the clusters (`Default8BitClusterPreserveQuantizeScheme`).
 - "quantization": "int8", "int16x8", "float16", "dynamic" or None (float32).
   Default: all but "int16x8".
 - "qat": for "int8", quantization-aware fine-tuning (True) or post-training
@@ -42,6 +46,7 @@ NO_QUANTIZATION = "none"  # keras-tuner's Choice takes no None
 DEFAULT_COMPRESSION = {
     "sparsity": (0.0, 0.9, 0.1),
     "channels": 0.0,
+    "clusters": 0,
     "quantization": ["int8", "float16", "dynamic", None],
     "qat": [True, False],
     "prune_epochs": 2,
@@ -52,7 +57,8 @@ DEFAULT_COMPRESSION = {
 }
 
 _RANGED = ("sparsity", "channels", "temperature")
-_SEARCHABLE = ("sparsity", "channels", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation", "temperature")
+_SEARCHABLE = ("sparsity", "channels", "clusters", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation",
+               "temperature")
 
 
 def _values(key, value):
@@ -87,6 +93,9 @@ def _check_value(key, value):
     elif key == "quantization":
         ok = value in QUANTIZATION_MODES or value == NO_QUANTIZATION
         fix = "one of 'int8', 'int16x8', 'float16', 'dynamic' or None"
+    elif key == "clusters":
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value == 0 or value >= 3)
+        fix = "0 (no clustering) or an integer >= 3 (one cluster may hold a pruned model's zeros), e.g. 16"
     elif key in ("qat", "distillation"):
         ok = isinstance(value, bool)
         fix = "True or False (or [True, False] to search both)"
@@ -162,6 +171,8 @@ def declare(hp, space):
     choose("sparsity")
     if isinstance(space["channels"], (list, tuple)) or space["channels"]:
         choose("channels")
+    if isinstance(space["clusters"], (list, tuple)) or space["clusters"]:
+        choose("clusters")
     choose("quantization")
     if "int8" in _values("quantization", space["quantization"]):
         with hp.conditional_scope(PREFIX + "quantization", ["int8"]):
@@ -189,6 +200,7 @@ def trial_compression(hyperparameters, space):
     return {
         "sparsity": float(get("sparsity")),
         "channels": float(get("channels")),
+        "clusters": int(get("clusters")),
         "quantization": quantization,
         "qat": quantization == "int8" and bool(get("qat")),
         "distillation": distillation,
@@ -203,6 +215,8 @@ def label(compression):
     parts = [f"{compression['sparsity']:.0%} sparse" if compression["sparsity"] else "dense"]
     if compression.get("channels"):
         parts.insert(0, f"{compression['channels']:.0%} channels removed")
+    if compression.get("clusters"):
+        parts.append(f"{compression['clusters']} clusters")
     mode = compression["quantization"] or "float32"
     if mode == "int8":
         mode += " QAT" if compression["qat"] else " PTQ"

@@ -165,7 +165,7 @@ class CompressionTuner(keras_tuner.Tuner):
             returning a compiled classifier Keras model, or a
             `keras_tuner.HyperModel` (its `fit` is used for the main training).
         compression: the compression space (see `kopt.search.compression`):
-            a dict with keys "sparsity", "channels", "quantization", "qat",
+            a dict with keys "sparsity", "channels", "clusters", "quantization", "qat",
             "prune_epochs", "qat_epochs", "teacher", "distillation" and
             "temperature", each a
             value, a list of values to search, or a `(low, high[, step])`
@@ -383,9 +383,10 @@ class CompressionTuner(keras_tuner.Tuner):
         }
 
     def _compress(self, model, compression, x, y, fit_kwargs):
-        """The trained model pruned (channels, then weights) and made quantization-aware, as the trial says.
+        """The trained model pruned (channels, then weights), clustered and made quantization-aware, as the trial says.
 
-        Weight pruning and QAT are `kopt.recipe`'s (as in `kopt demo` and the model zoo).
+        Weight pruning, clustering and QAT are `kopt.recipe`'s (as in `kopt demo` and the model zoo); QAT keeps the
+        zeros, and the clusters of a clustered trial.
         """
         from kopt import recipe
 
@@ -400,9 +401,17 @@ class CompressionTuner(keras_tuner.Tuner):
         if compression["sparsity"] > 0:
             final = recipe.prune(final, x, y, sparsity=compression["sparsity"], epochs=compression["prune_epochs"],
                                  reference=model, verbose=self._fit_verbose(), **tune)
+        scheme = None
+        if compression.get("clusters"):  # fewer distinct values per kernel; a pruned model keeps its zeros
+            final = recipe.cluster(final, x, y, clusters=compression["clusters"], epochs=compression["prune_epochs"],
+                                   preserve_sparsity=compression["sparsity"] > 0, reference=model,
+                                   verbose=self._fit_verbose(), **tune)
+            from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme
+
+            scheme = Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=compression["sparsity"] > 0)
         if compression["quantization"] == "int8" and compression["qat"]:
             final = recipe.quantize_aware(final, x, y, epochs=compression["qat_epochs"], reference=model,
-                                          verbose=self._fit_verbose(), **tune)
+                                          verbose=self._fit_verbose(), scheme=scheme, **tune)
         return final
 
     def _record(self, folder, seconds, error):

@@ -72,6 +72,8 @@ def test_every_default_quantization_makes_the_file_it_names():
     ({"quantization": "int4"}, "int4.*'int8', 'int16x8', 'float16', 'dynamic' or None"),
     ({"qat": "yes"}, "True or False"),
     ({"prune_epochs": 0}, "integer >= 1"),
+    ({"clusters": [0, 2]}, r"compression\['clusters'\].*2.*integer >= 3"),
+    ({"clusters": 16.0}, "0 \\(no clustering\\)"),
     ({"temperature": 0}, "> 0"),
     ({"quantization": []}, "empty list"),
     ({"prunning": 0.5}, r"unknown keys \['prunning'\]"),
@@ -121,9 +123,19 @@ def test_teacher_adds_distillation_and_temperature():
     assert {"compression/distillation", "compression/temperature"} <= names
     values = c.trial_compression({"compression/distillation": True, "compression/temperature": 2.0,
                                   "compression/quantization": "none", "compression/sparsity": 0.5}, space)
-    assert values == {"sparsity": 0.5, "channels": 0.0, "quantization": None, "qat": False, "distillation": True,
-                      "temperature": 2.0, "prune_epochs": 2, "qat_epochs": 1}
+    assert values == {"sparsity": 0.5, "channels": 0.0, "clusters": 0, "quantization": None, "qat": False,
+                      "distillation": True, "temperature": 2.0, "prune_epochs": 2, "qat_epochs": 1}
     assert c.label(values) == "50% sparse, float32, distilled T=2"
+
+
+def test_clusters_are_searched_only_when_asked():
+    assert "compression/clusters" not in {p.name for p in _declared(c.resolve_compression(None)).space}
+    space = c.resolve_compression({"clusters": [0, 16, 32]})
+    (declared,) = [p for p in _declared(space).space if p.name == "compression/clusters"]
+    assert declared.values == [0, 16, 32]
+    values = c.trial_compression({"compression/clusters": 16, "compression/sparsity": 0.5,
+                                  "compression/quantization": "int8", "compression/qat": True}, space)
+    assert values["clusters"] == 16 and c.label(values) == "50% sparse, 16 clusters, int8 QAT"
 
 
 def test_fixed_values_need_no_hyperparameter_values():

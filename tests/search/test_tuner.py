@@ -394,6 +394,31 @@ def test_the_channel_ratio_is_searched_and_its_file_is_smaller(digits, tmp_path)
 
 
 @pytest.mark.slow  # whole searches (slow tier, run by CI)
+def test_the_number_of_clusters_is_searched_and_kept_in_the_int8_file(digits, tmp_path):
+    (x, y), (x_val, y_val) = digits
+    tuner = CompressionTuner(cnn, compression={"clusters": [0, 8], "sparsity": 0.5, "quantization": "int8",
+                                               "qat": True, "prune_epochs": 1, "qat_epochs": 1},
+                             max_trials=4, seed=3, directory=tmp_path, latency_runs=2)
+    tuner.search(x[:512], y[:512], epochs=1, batch_size=64, validation_data=(x_val, y_val), verbose=0)
+    by_clusters = {r.compression["clusters"]: r for r in tuner.results() if r.completed}
+    assert set(by_clusters) == {0, 8}
+    assert "8 clusters" in by_clusters[8].label and "clusters" not in by_clusters[0].label
+
+    def kernels(result):  # the weight tensors of the trial's file, as LiteRT reads them
+        interpreter = Interpreter(model_path=str(result.path))
+        return [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+                if d["dtype"] == np.int8 and len(d["shape"]) in (2, 4) and d["shape"][0] in (8, 16, 10)
+                and np.prod(d["shape"]) > 64]
+
+    clustered, plain = kernels(by_clusters[8]), kernels(by_clusters[0])
+    assert len(clustered) == len(plain) == 2  # the conv and the dense kernel
+    # CQAT kept at most 8 values per output channel (per-channel int8), with the pruned zeros among them.
+    assert max(len(np.unique(k[c])) for k in clustered for c in range(k.shape[0])) <= 8
+    assert all(np.mean(k == 0) >= 0.45 for k in clustered)
+    assert max(len(np.unique(k[c])) for k in plain for c in range(k.shape[0])) > 8
+
+
+@pytest.mark.slow  # whole searches (slow tier, run by CI)
 def test_trials_train_under_the_distribution_strategy(digits, tmp_path, monkeypatch):
     import tensorflow as tf
 
