@@ -7,7 +7,8 @@ Keras 3 and copied into tf_keras:
 - clustered N + int8: `cluster_weights(N clusters, k-means++)`, fine-tuned (Adam 1e-4, no shuffling),
   `strip_clustering`, then full int8.
 Each toolkit converts its own model: kopt with `kopt.convert.to_tflite`, tfmot (tf_keras, in its own process) with
-the TFLiteConverter. Accuracy is measured on the held-out digits in LiteRT; sizes are gzip -9 of the files.
+the TFLiteConverter; tfmot's clustered weights are also converted with kopt's converter, which compares the two
+clusterings alone. Accuracy is measured on the held-out digits in LiteRT; sizes are gzip -9 of the files.
 
     .venv/bin/python benchmarks/bench_clustering.py [--quick]
 """
@@ -69,7 +70,7 @@ def tfmot_worker(src, dst):
     with np.load(src, allow_pickle=True) as f:
         data = {k: f[k] for k in f.files}
     config = json.loads(str(data["config"]))
-    results = {}
+    results, weights = {}, {}
     for name, spec in config["models"].items():
         def fresh():
             # A new model each time: tfmot's clustered model shares its layers with the model passed in, and
@@ -111,14 +112,17 @@ def tfmot_worker(src, dst):
             clustered.fit(x_train, y_train, batch_size=32, epochs=config["epochs"], shuffle=False, verbose=0)
             stripped = tfmot.clustering.keras.strip_clustering(clustered)
             rows[f"clustered {n} + int8"] = {**_row(int8(stripped), x_test, y_test), "unique": _unique(stripped)}
+            weights[f"{name}_c{n}"] = stripped.get_weights()
         results[name] = rows
     with open(dst, "w") as f:
         json.dump(results, f)
+    np.savez(dst + ".npz", **{f"{key}_{i}": w for key, ws in weights.items() for i, w in enumerate(ws)})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (checks that the script runs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings, digits CNN only (checks that the script runs)")
     args = parser.parse_args()
 
     import keras
@@ -134,7 +138,7 @@ def main():
     clusters = CLUSTERS[:1] if args.quick else CLUSTERS
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     models, shared = {}, {"y_train": y_train, "y_test": y_test}
-    for name in ("digits_cnn", "mobilenet_v2"):
+    for name in ("digits_cnn",) if args.quick else ("digits_cnn", "mobilenet_v2"):
         keras.utils.set_random_seed(0)
         if name == "digits_cnn":
             model, xs = demo.build_cnn(), (x_train, x_test)
@@ -161,6 +165,8 @@ def main():
             raise SystemExit(f"the tfmot run failed:\n{proc.stderr[-4000:]}")
         with open(dst) as f:
             tfmot_rows = json.load(f)
+        with np.load(dst + ".npz") as f:
+            tfmot_weights = {k: f[k] for k in f.files}
 
         for name, (model, (x_tr, x_te)) in models.items():
             def int8(keras_model, tag):
@@ -175,6 +181,7 @@ def main():
             with open(path, "rb") as f:
                 rows = {"float": _row(f.read(), x_te, y_test)}
             rows["int8"] = _row(int8(model, "int8"), x_te, y_test)
+            same_converter = {}
             for n in clusters:
                 keras.utils.set_random_seed(0)
                 clustered = clustering.cluster_weights(model, number_of_clusters=n)
@@ -183,6 +190,9 @@ def main():
                 stripped = clustering.strip_clustering(clustered)
                 rows[f"clustered {n} + int8"] = {**_row(int8(stripped, f"c{n}"), x_te, y_test),
                                                  "unique": _unique(stripped)}
+                # tfmot's clustered weights through kopt's converter: the clustering compared alone.
+                stripped.set_weights([tfmot_weights[f"{name}_c{n}_{i}"] for i in range(len(stripped.weights))])
+                same_converter[n] = _row(int8(stripped, f"tfmot_c{n}"), x_te, y_test)
             print(f"\n{name} ({len(y_test)} test digits)")
             print(f"  {'file':22s} {'kopt acc':>9s} {'kopt gzip B':>12s} {'tfmot acc':>10s} {'tfmot gzip B':>13s}"
                   f" {'kopt/tfmot size':>16s}")
@@ -191,6 +201,11 @@ def main():
                 other = (f" {theirs['accuracy']:10.4f} {theirs['gzip_bytes']:13,d} "
                          f"{row['gzip_bytes'] / theirs['gzip_bytes']:16.3f}") if theirs else ""
                 print(f"  {label:22s} {row['accuracy']:9.4f} {row['gzip_bytes']:12,d}{other}")
+            for n, theirs in same_converter.items():
+                mine = rows[f"clustered {n} + int8"]
+                print(f"  clustered {n}, both through kopt's converter: kopt {mine['accuracy']:.4f} at "
+                      f"{mine['gzip_bytes']:,} B, tfmot's weights {theirs['accuracy']:.4f} at "
+                      f"{theirs['gzip_bytes']:,} B (kopt/tfmot size {mine['gzip_bytes'] / theirs['gzip_bytes']:.3f})")
             base = rows["float"]["gzip_bytes"]
             for label, row in rows.items():
                 if label != "float":

@@ -170,3 +170,25 @@ def test_post_training_int8_of_a_rewritten_graph_keeps_the_input_names(tmp_path)
     for model in (functional, sequential):
         tflite = convert.to_tflite(model, str(tmp_path / "m.tflite"), quantization="int8", representative_data=data)
         assert np_sqnr(model.predict(data, verbose=0), only_output(tflite, data)) > 20.0
+
+
+def test_a_cluster_preserving_qat_model_converts_without_stripping_first():
+    from kopt import quantization
+    from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    for layer in model.layers:  # four distinct values per kernel, as after clustering
+        layer.kernel.assign(np.round(keras.ops.convert_to_numpy(layer.kernel) * 2) / 2)
+    x = np.random.default_rng(0).random((64, 8)).astype("float32")
+    qat = quantization.quantize_model(model, quantize_scheme=Default8BitClusterPreserveQuantizeScheme())
+    qat.compile("adam", "mse")
+    qat.fit(x, np.zeros((64, 3)), epochs=1, verbose=0)
+    tflite = convert.to_tflite(qat, validation_data=x)  # full int8, validated against the CQAT model itself
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(tflite))
+    kernels = [interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+               if d["dtype"] == np.int8 and len(d["shape"]) == 2 and min(d["shape"]) > 1]
+    distinct = [len(np.unique(keras.ops.convert_to_numpy(layer.kernel))) for layer in model.layers]
+    assert sorted(len(np.unique(k)) for k in kernels) == sorted(distinct)  # per-tensor int8: one value each
