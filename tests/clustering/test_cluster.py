@@ -225,3 +225,17 @@ def test_clusterable_layer_says_what_to_cluster():
     assert wrapper.weight_labels == ["a"]
     values = dict(zip(["a"], [v for _, v in wrapper.effective_weights()]))
     assert _unique(values["a"]) <= 3
+
+
+def test_nested_models_are_clustered_and_stripped_back():
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu")], name="inner")
+    inputs = keras.Input((8,))
+    outer = keras.Model(inputs, keras.layers.Dense(3)(inner(inputs)))
+    clustered = clustering.cluster_weights(outer, number_of_clusters=5)
+    nested = clustered.layers[1]
+    assert isinstance(nested, keras.Sequential) and isinstance(nested.layers[0], clustering.ClusterWeights)
+    stripped = clustering.strip_clustering(clustered)
+    assert type(stripped.layers[1].layers[0]) is keras.layers.Dense
+    assert _unique(stripped.layers[1].layers[0].kernel) <= 5 and _unique(stripped.layers[2].kernel) <= 5
+    x = np.random.default_rng(0).random((4, 8)).astype("float32")
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), clustered.predict(x, verbose=0), atol=1e-6)
