@@ -176,11 +176,14 @@ class QuantizeWrapper(keras.layers.Wrapper):
         training = bool(training)
         # Weights are mirrored: their ranges come out the same on every replica with no collective.
         with same_on_every_replica():
-            mapping = [
-                (variable, quantizer(value, training, state))
-                for (variable, value), (_, quantizer), state in zip(
-                    self.effective_weights(), self._weights_and_quantizers, self._weight_states)
-            ]
+            mapping = []
+            for (variable, value), (_, quantizer), state in zip(
+                    self.effective_weights(), self._weights_and_quantizers, self._weight_states):
+                mapping.append((variable, quantizer(value, training, state)))
+                if training and hasattr(quantizer, "training_weight"):
+                    # The quantizer trains its own copy of the weight (CQAT's centroids): the layer's
+                    # variable holds the value it computed with, as tfmot's `inputs.assign(output)`.
+                    variable.assign(ops.cast(quantizer.training_weight(state), variable.dtype))
         observed = []
         if self._internal_quantizers:
             kwargs["quantize_internals"] = self._internals_quantizer(training, observed)

@@ -96,9 +96,16 @@ def test_cqat_keeps_at_most_the_clusters_into_the_int8_file_and_plain_qat_does_n
     qat = _fit(model, scheme)
     conv = qat.get_layer("quant_conv")
     assert isinstance(conv.quantize_config, ClusterPreserveQuantizeConfig)
+    # As tfmot: the layers' kernels hold the clustered values after training (at most 8 per tensor / channel).
+    assert max(_distinct(_kernel_of(qat, "conv"), "conv")) <= LEVELS
+    assert len(np.unique(_kernel_of(qat, "dense"))) <= LEVELS
     final = combine.strip_clustering_cqat(qat)
     x, _ = _data()
     clustered = _file_kernels(convert.to_tflite(final, validation_data=x))
+    unstripped = convert.to_tflite(qat, validation_data=x)  # the CQAT model converts to the same kernels
+    assert "ONE_HOT" not in convert.inspect(unstripped).op_counts
+    for name in ("conv", "dense"):
+        np.testing.assert_array_equal(_file_kernels(unstripped)[name][0], clustered[name][0])
     plain = _file_kernels(convert.to_tflite(_fit(model, None), validation_data=x))
     for name in ("conv", "dense"):
         assert max(clustered[name][1]) <= LEVELS, (name, clustered[name][1])
@@ -139,16 +146,16 @@ def test_pcqat_keeps_the_zeros_and_the_clusters():
 def test_strip_clustering_cqat_keeps_the_outputs_and_drops_the_clustering_weights(tmp_path):
     qat = _fit(_model("clustered"), combine.Default8BitClusterPreserveQuantizeScheme(), epochs=1)
     names = [w.name for w in qat.get_layer("quant_dense").weights]
-    assert {"kernel_cluster_centroids", "kernel_pulling_indices"} <= set(names)
+    assert {"kernel_cluster_centroids", "kernel_original_weights", "kernel_pulling_indices"} <= set(names)
     x, _ = _data()
     qat.save(tmp_path / "cqat.keras")
     loaded = keras.saving.load_model(tmp_path / "cqat.keras")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     final = combine.strip_clustering_cqat(loaded)
     stripped_names = [w.name for w in final.get_layer("quant_dense").weights]
-    assert not any("cluster" in n or "pulling" in n for n in stripped_names)
+    assert not any("cluster" in n or "pulling" in n or "original" in n for n in stripped_names)
     assert isinstance(final.get_layer("quant_dense").quantize_config, quantization.Default8BitQuantizeConfig)
-    np.testing.assert_allclose(final.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_array_equal(final.predict(x, verbose=0), qat.predict(x, verbose=0))
     with pytest.raises(ValueError, match="to_strip"):
         combine.strip_clustering_cqat("model")
 
@@ -184,9 +191,14 @@ def test_the_quantizer_computes_with_its_centroids():
     values = np.array([[-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]], "float32")
     quantizer.assign_range(values, state)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(state["centroids"]), [-0.5, 0.5])
-    moved = values + np.array([[0.1, -0.1], [0.2, 0.0], [-0.9, 0.0]], "float32")  # the last one changes cluster
-    out = keras.ops.convert_to_numpy(quantizer(moved, True, state))
-    np.testing.assert_allclose(out, [[-0.5, 0.5], [0.5, -0.5], [-0.5, 0.5]], atol=1 / 127)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(state["original_weights"]), values)
+    # The optimizer moves the trained copy; the last weight crosses over to the other centroid.
+    state["original_weights"].assign(values + np.array([[0.1, -0.1], [0.2, 0.0], [-0.9, 0.0]], "float32"))
+    clustered = [[-0.5, 0.5], [0.5, -0.5], [-0.5, 0.5]]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(quantizer(values, True, state)), clustered, atol=1 / 127)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(quantizer.training_weight(state)), clustered)
+    kernel = np.full((3, 2), 0.25, "float32")  # in inference the kernel is used as it is (tfmot)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(quantizer(kernel, False, state)), kernel, atol=1 / 127)
     with pytest.raises(ValueError, match="num_clusters"):
         ClusterPreserveQuantizer(8, False, True, True, num_clusters=0)
 

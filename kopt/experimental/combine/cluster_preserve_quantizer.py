@@ -2,10 +2,13 @@
 
 tfmot's `ClusterPreserveDefaultWeightsQuantizer`: the centroids are the unique values of a clustered
 (stripped) kernel, per output channel when every channel has as many (within one) and the kernel is
-quantized per channel, else per tensor. In each training step every weight is assigned the nearest
-centroid (its "pulling index") and the layer computes with `centroids[index]`; the gradient reaches the
-centroids (summed over their weights) and, straight through, the weights themselves (which may move to
-another centroid). So the fake-quantized kernel takes at most as many values as there are centroids.
+quantized per channel, else per tensor. A trainable copy of the kernel (tfmot's "original weights")
+and the centroids are weights of the wrapper. In each training step every weight of the copy is
+assigned its nearest centroid (its "pulling index"), the layer computes with `centroids[index]`, and
+that value is written into the layer's kernel (tfmot's `inputs.assign(output)`); the gradient reaches
+the centroids (summed over their weights) and, straight through, the copy (whose weights may move to
+another centroid). In inference the kernel is used as it is: it holds at most as many values as there
+are centroids, and converts as a constant.
 """
 
 import keras
@@ -83,27 +86,37 @@ class ClusterPreserveQuantizer(LastValueQuantizer):
         weights["centroids"] = layer.add_weight(
             name=f"{name}_cluster_centroids", shape=centroid_shape, initializer="zeros", trainable=True,
             dtype="float32", autocast=False)
+        weights["original_weights"] = layer.add_weight(
+            name=f"{name}_original_weights", shape=tuple(shape), initializer="zeros", trainable=True,
+            dtype="float32", autocast=False)
         weights["centroids_mask"] = layer.add_weight(
             name=f"{name}_centroids_mask", shape=centroid_shape, initializer="ones", trainable=False,
             aggregation="none", dtype="float32", autocast=False)
         weights["pulling_indices"] = layer.add_weight(
             name=f"{name}_pulling_indices", shape=tuple(shape), initializer="zeros", trainable=False,
             aggregation="none", dtype="int32")
+        if self.preserve_sparsity:
+            weights["sparsity_mask"] = layer.add_weight(
+                name=f"{name}_cluster_sparsity_mask", shape=tuple(shape), initializer="ones", trainable=False,
+                aggregation="none", dtype="float32", autocast=False)
         return weights
 
     def assign_range(self, w, weights):
-        """Sets the centroids (the unique values of `w`), their zero mask, the indices and the range."""
+        """Sets the copy of `w`, the centroids (its unique values), their zero mask, the indices and the range."""
         values = keras.ops.convert_to_numpy(w).astype(np.float32)
         centroids, axis = find_centroids(values, self.cluster_axis)
         if axis != self.cluster_axis or centroids.shape != tuple(weights["centroids"].shape):
             raise ValueError(
                 f"The weight of shape {values.shape} has centroids of shape {centroids.shape} (axis {axis}), not "
                 f"{tuple(weights['centroids'].shape)} (axis {self.cluster_axis}) as the quantizer was made for.")
+        weights["original_weights"].assign(values)
         weights["centroids"].assign(centroids)
         weights["centroids_mask"].assign((centroids != 0).astype(np.float32) if self.preserve_sparsity
                                          else np.ones_like(centroids))
+        if self.preserve_sparsity:
+            weights["sparsity_mask"].assign((values != 0).astype(np.float32))
         weights["pulling_indices"].assign(ops.convert_to_numpy(self._nearest(values, centroids)).astype(np.int32))
-        super().assign_range(self._gathered(weights["pulling_indices"], centroids, values.ndim), weights)
+        super().assign_range(values, weights)
 
     def _broadcast(self, centroids, rank):
         """Centroids shaped to broadcast against a weight with a trailing cluster axis."""
@@ -121,24 +134,29 @@ class ClusterPreserveQuantizer(LastValueQuantizer):
         one_hot = ops.one_hot(ops.cast(indices, "int32"), self.num_clusters, dtype="float32")
         return ops.sum(one_hot * self._broadcast(ops.convert_to_tensor(centroids, "float32"), rank), axis=-1)
 
-    def clustered(self, weights):
-        """The weight as the layer computes with it in inference: `centroids[pulling_indices]`."""
+    def training_weight(self, weights):
+        """The clustered weight of the last training step, `centroids[pulling_indices]`: what the wrapper writes
+        into the layer's kernel after each training step (without gradient)."""
         centroids = ops.convert_to_tensor(weights["centroids"]) * weights["centroids_mask"]
-        return self._gathered(weights["pulling_indices"], centroids, len(weights["pulling_indices"].shape))
+        indices = weights["pulling_indices"]
+        return ops.stop_gradient(self._gathered(indices, centroids, len(indices.shape)))
 
     def __call__(self, inputs, training, weights):
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         x = ops.cast(inputs, "float32")
-        centroids = ops.convert_to_tensor(weights["centroids"]) * weights["centroids_mask"]
         if training:
-            indices = ops.cast(self._nearest(ops.stop_gradient(x), ops.stop_gradient(centroids)), "int32")
+            original = ops.convert_to_tensor(weights["original_weights"])
+            if self.preserve_sparsity:
+                original = original * weights["sparsity_mask"]
+            centroids = ops.convert_to_tensor(weights["centroids"]) * weights["centroids_mask"]
+            indices = ops.cast(self._nearest(ops.stop_gradient(original), ops.stop_gradient(centroids)), "int32")
             weights["pulling_indices"].assign(indices)
-            # Straight through: the weights get the gradient of the clustered weights (tfmot's
-            # add_gradient_to_original_weight); the centroids get it summed over their weights.
-            clustered = self._gathered(indices, centroids, len(x.shape)) + x - ops.stop_gradient(x)
-        else:
-            clustered = self._gathered(weights["pulling_indices"], centroids, len(x.shape))
-        return super().__call__(ops.cast(clustered, dtype), training, weights)
+            # Straight through: the copy gets the gradient of the clustered weights (tfmot's
+            # add_gradient_to_original_weight); the centroids get it summed over their weights. The kernel
+            # itself (`inputs`) is overwritten after the step and gets a zero gradient.
+            x = (self._gathered(indices, centroids, len(x.shape)) + original - ops.stop_gradient(original)
+                 + 0.0 * x)
+        return super().__call__(ops.cast(x, dtype), training, weights)
 
     def get_config(self):
         return {**super().get_config(), "num_clusters": self.num_clusters, "cluster_axis": self.cluster_axis,

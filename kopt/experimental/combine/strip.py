@@ -2,7 +2,7 @@
 
 import keras
 
-from kopt._keras.clone import copy_with_values, is_graph_model, rewrite_model, copy_layer
+from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model
 from kopt.experimental.combine.cluster_preserve_quantizer import ClusterPreserveQuantizeConfig
 from kopt.quantization._rewrap import rewrapped
 from kopt.quantization.wrapper import QuantizeWrapper
@@ -12,22 +12,19 @@ def _stripped(wrapper):
     config = getattr(wrapper, "quantize_config", None)
     if not isinstance(wrapper, QuantizeWrapper) or not isinstance(config, ClusterPreserveQuantizeConfig):
         return copy_layer(wrapper)
-    substitutes = []
-    for (variable, quantizer), state in zip(wrapper._weights_and_quantizers, wrapper._weight_states):
-        if hasattr(quantizer, "clustered"):
-            substitutes.append((variable, quantizer.clustered(state)))
-    layer = copy_with_values(wrapper.layer, substitutes)
-    return rewrapped(wrapper, config.config, layer=layer)
+    return rewrapped(wrapper, config.config)  # the kernel already holds the clustered values
 
 
 def strip_clustering_cqat(to_strip):
     """Removes the clustering variables of a CQAT/PCQAT model (tfmot's `strip_clustering_cqat`).
 
-    Each kernel trained with `Default8BitClusterPreserveQuantizeScheme` gets
-    its clustered values (`centroids[pulling_indices]`, at most as many distinct
-    values as centroids), and its wrapper loses the centroids and indices. The
-    quantization wrappers and their ranges stay, so the result converts with
-    `kopt.convert.to_tflite`.
+    Each kernel trained with `Default8BitClusterPreserveQuantizeScheme` already
+    holds its clustered values (at most as many distinct values as centroids,
+    written at each training step); its wrapper loses the centroids, the
+    trained copy of the kernel and the indices. The quantization wrappers and
+    their ranges stay, so the result computes as the CQAT model does in
+    inference and converts with `kopt.convert.to_tflite` (the CQAT model
+    converts too: the file is the same).
 
     Args:
         to_strip: a Sequential or Functional CQAT model, or one `QuantizeWrapper`.
