@@ -323,8 +323,9 @@ def quantize_model(to_quantize, quantized_layer_name_prefix="quant_", *, quantiz
             layers and `keras.ops`), and quantized layer by layer; otherwise it is
             quantized whole, as a custom layer (see `SublayerQuantizeConfig`).
         quantized_layer_name_prefix: prefix of the quantized layers' names
-            (tfmot's second argument).
-        quantize_scheme: (keyword-only) a `QuantizeScheme`; None is
+            (tfmot 0.8's second argument). A `QuantizeScheme` given here is
+            taken as `quantize_scheme`, so `quantize_model(model, scheme)` works too.
+        quantize_scheme: a `QuantizeScheme`; None is
             `kopt.quantization.default_8bit.Default8BitQuantizeScheme()`.
         float_layers: (kopt, keyword-only) layer names or classes to leave float.
         preserve_sparsity: (kopt, keyword-only) older spelling: True is
@@ -346,6 +347,11 @@ def quantize_model(to_quantize, quantized_layer_name_prefix="quant_", *, quantiz
         quantize_scheme=kopt.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
     ```
     """
+    if isinstance(quantized_layer_name_prefix, QuantizeScheme):  # quantize_model(model, scheme)
+        if quantize_scheme is not None:
+            raise ValueError(f"Two schemes given: {quantized_layer_name_prefix!r} (second argument) and "
+                             f"quantize_scheme={quantize_scheme!r}; pass one.")
+        quantize_scheme, quantized_layer_name_prefix = quantized_layer_name_prefix, "quant_"
     scheme = _scheme(quantize_scheme, preserve_sparsity, "quantize_scheme")
     prefix = _prefix(quantized_layer_name_prefix)
     to_quantize = _check_model(to_quantize, "to_quantize")

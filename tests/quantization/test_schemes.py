@@ -70,6 +70,7 @@ def test_the_default_is_plain_qat_as_in_tfmot(make):
     lambda m: quantization.quantize_model(m, quantize_scheme=Default8BitPrunePreserveQuantizeScheme()),
     lambda m: quantization.quantize_apply(quantization.quantize_annotate_model(m),
                                           Default8BitPrunePreserveQuantizeScheme()),
+    lambda m: quantization.quantize_model(m, Default8BitPrunePreserveQuantizeScheme()),  # the scheme second
     lambda m: quantization.quantize_model(m, preserve_sparsity=True),  # kopt's older keyword
     lambda m: quantization.quantize_apply(quantization.quantize_annotate_model(m), preserve_sparsity=True),
 ])
@@ -98,8 +99,10 @@ def test_bad_arguments_name_the_fix():
         quantization.quantize_model(model, quantize_scheme=Default8BitQuantizeScheme(), preserve_sparsity=True)
     with pytest.raises(ValueError, match="`scheme` must be a kopt.quantization.QuantizeScheme"):
         quantization.quantize_apply(quantization.quantize_annotate_model(model), "default_8bit")
-    with pytest.raises(ValueError, match="quantize_scheme=..."):  # tfmot's 2nd argument is the prefix
-        quantization.quantize_model(model, Default8BitQuantizeScheme())
+    with pytest.raises(ValueError, match="Two schemes"):
+        quantization.quantize_model(model, Default8BitQuantizeScheme(), quantize_scheme=Default8BitQuantizeScheme())
+    with pytest.raises(ValueError, match="quantized_layer_name_prefix"):
+        quantization.quantize_model(model, 8)
     with pytest.raises(ValueError, match="preserve_sparsity"):
         quantization.quantize_model(model, preserve_sparsity="yes")
 
