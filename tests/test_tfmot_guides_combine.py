@@ -23,7 +23,7 @@ its own working directory (the guides write `qat_model.tflite` and the like to t
 Lines that differ from the guides are marked `# kopt:`, changes of this test, not of the API: MNIST (a download) is
 scikit-learn's digits shaped like MNIST (`tfmot_guide_data.load_mnist_like`: 28x28 uint8 0-255, 1347 train / 450
 test images), and `.tflite` files run in LiteRT's `ai_edge_litert.interpreter.Interpreter` (`tf.lite.Interpreter`
-is deprecated). Where kopt falls short, the assert that shows it is a strict xfail saying why.
+is deprecated).
 """
 
 import os
@@ -42,8 +42,6 @@ from tfmot_guide_data import constant_tensors, load_mnist_like, values_per_chann
 import kopt
 from kopt.clustering import ClusterWeights
 from kopt.quantization import QuantizeWrapper
-
-pytestmark = pytest.mark.slow  # four guides: about 70 s
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -758,11 +756,6 @@ class TestCQAT:
             _, accuracy = model.evaluate(baseline.test_images, baseline.test_labels, verbose=0)
             assert accuracy > 0.85
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "kopt: CQAT does not write the clustered values into the layer's kernel as tfmot does (tfmot's "
-        "ClusterPreserveDefaultWeightsQuantizer assigns them at each training step, `inputs.assign(output)`, and "
-        "uses the kernel as is at inference); kopt recomputes them from centroids and indices in every call and "
-        "leaves the float kernel to drift, so the guide's print shows 108 and ~14700 values, not 96 and 8"))
     def test_print_clusters(self, trained, capsys):
         qat_model, cqat_model = trained.qat_model, trained.cqat_model
         print("QAT Model clusters:")
@@ -802,22 +795,15 @@ class TestCQAT:
         return types.SimpleNamespace(**locals())
 
     def test_convert(self, converted):
-        cqat = constant_tensors(converted.cqat_model_file)
-        conv = [(array, axis) for array, axis in cqat.values() if array.size == 108]
-        [(array, axis)] = conv
-        assert axis == 0 and max(values_per_channel(array, axis)) <= 8  # per channel: 8 clusters, 8 int8 values
-        assert kopt.convert.inspect(converted.cqat_tflite_model).op_counts.get("FULLY_CONNECTED") == 1
-
-    @pytest.mark.xfail(strict=True, reason=(
-        "kopt: the CQAT Dense kernel is not a constant in the .tflite file: kopt's cluster-preserving quantizer "
-        "computes it as one_hot(indices) * centroids summed in every call, inference too (kopt/experimental/"
-        "combine/cluster_preserve_quantizer.py; tfmot's uses the kernel, which holds the clustered values), and "
-        "the converter leaves that as float ONE_HOT/MUL/SUM/QUANTIZE ops run at every inference (folded for the "
-        "108-value Conv2D kernel, not for the 20280-value Dense one)"))
-    def test_convert_cqat_dense_kernel_is_an_int8_constant(self, converted):
-        assert not {"ONE_HOT", "SUM"} & set(kopt.convert.inspect(converted.cqat_tflite_model).op_counts)
-        [(dense, axis)] = [(a, x) for a, x in constant_tensors(converted.cqat_model_file).values() if a.size == 20280]
-        assert max(values_per_channel(dense, axis)) <= 8
+        kernels = {array.size: (array, axis) for array, axis in constant_tensors(converted.cqat_model_file).values()}
+        assert sorted(kernels) == [108, 20280]  # both kernels are int8 constants
+        conv, axis = kernels[108]
+        assert axis == 0 and max(values_per_channel(conv, axis)) <= 8  # per channel: 8 clusters, 8 int8 values
+        dense, axis = kernels[20280]
+        assert axis is None and values_per_channel(dense, axis) <= [8]  # per tensor: 8 clusters, 8 int8 values
+        ops = kopt.convert.inspect(converted.cqat_tflite_model).op_counts
+        assert ops.get("FULLY_CONNECTED") == ops.get("CONV_2D") == 1 and not {"ONE_HOT", "SUM"} & set(ops)
+        assert get_gzipped_model_size(converted.cqat_model_file) < get_gzipped_model_size(converted.qat_model_file)
 
     @pytest.fixture(scope="class")
     def cqat_test_accuracy(self, converted, eval_model, clustered_model_accuracy):
@@ -936,11 +922,6 @@ class TestPCQAT:
             _, accuracy = model.evaluate(baseline.test_images, baseline.test_labels, verbose=0)
             assert accuracy > 0.85
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "kopt: PCQAT does not write the clustered values into the layer's kernel as tfmot does (tfmot's "
-        "ClusterPreserveDefaultWeightsQuantizer assigns them at each training step, `inputs.assign(output)`); kopt "
-        "recomputes them from centroids and indices in every call and leaves the float kernel to drift, so the "
-        "guide's print shows ~55 and ~7000 values per kernel, not 8 (the zeros are kept)"))
     def test_print_clusters_and_sparsity(self, trained, capsys):
         qat_model, pcqat_model = trained.qat_model, trained.pcqat_model
         print("QAT Model clusters:")
@@ -985,20 +966,14 @@ class TestPCQAT:
         return types.SimpleNamespace(**locals())
 
     def test_convert(self, converted):
-        [(conv, axis)] = [(a, x) for a, x in constant_tensors(converted.pcqat_model_file).values() if a.size == 108]
-        assert axis == 0 and max(values_per_channel(conv, axis)) <= 8 and _zeros(conv) >= 0.5
-        assert kopt.convert.inspect(converted.pcqat_tflite_model).op_counts.get("FULLY_CONNECTED") == 1
-
-    @pytest.mark.xfail(strict=True, reason=(
-        "kopt: the PCQAT Dense kernel is not a constant in the .tflite file: kopt's cluster-preserving quantizer "
-        "computes it as one_hot(indices) * centroids summed in every call, inference too (kopt/experimental/"
-        "combine/cluster_preserve_quantizer.py; tfmot's uses the kernel, which holds the clustered values), and "
-        "the converter leaves that as float ONE_HOT/MUL/SUM/QUANTIZE ops run at every inference (folded for the "
-        "108-value Conv2D kernel, not for the 20280-value Dense one)"))
-    def test_convert_pcqat_dense_kernel_is_an_int8_constant(self, converted):
-        assert not {"ONE_HOT", "SUM"} & set(kopt.convert.inspect(converted.pcqat_tflite_model).op_counts)
-        [(dense, axis)] = [(a, x) for a, x in constant_tensors(converted.pcqat_model_file).values() if a.size == 20280]
-        assert max(values_per_channel(dense, axis)) <= 8 and _zeros(dense) >= 0.5
+        kernels = {array.size: (array, axis) for array, axis in constant_tensors(converted.pcqat_model_file).values()}
+        assert sorted(kernels) == [108, 20280]  # both kernels are int8 constants
+        for array, axis in kernels.values():
+            assert max(values_per_channel(array, axis)) <= 8  # the clusters and
+            assert _zeros(array) >= 0.5  # the zeros, in the int8 file
+        ops = kopt.convert.inspect(converted.pcqat_tflite_model).op_counts
+        assert ops.get("FULLY_CONNECTED") == ops.get("CONV_2D") == 1 and not {"ONE_HOT", "SUM"} & set(ops)
+        assert get_gzipped_model_size(converted.pcqat_model_file) < get_gzipped_model_size(converted.qat_model_file)
 
     def test_evaluate_pcqat_tflite(self, converted, eval_model, trained, baseline):
         pcqat_model_file, baseline_model_accuracy = converted.pcqat_model_file, baseline.baseline_model_accuracy
