@@ -68,6 +68,24 @@ def _coded_copy(model):
     return copy, names
 
 
+def _float_model(qat):
+    """The float model a QAT model trained: each `QuantizeWrapper` replaced by the layer it wraps (with its
+    effective weights: a pruned kernel's mask applied), each `QuantizeLayer` by an Identity."""
+    import keras
+
+    from kopt._keras.clone import copy_layer, copy_with_values, rewrite_model
+    from kopt.quantization import QuantizeLayer, QuantizeWrapper
+
+    def unwrap(layer):
+        if isinstance(layer, QuantizeWrapper):
+            return copy_with_values(layer.layer, layer.effective_weights())
+        if isinstance(layer, QuantizeLayer):
+            return keras.layers.Identity(name=layer.name)
+        return copy_layer(layer)
+
+    return rewrite_model(qat, unwrap)
+
+
 def _layers_in(tensor, names):
     found = []
     if tensor.startswith("StatefulPartitionedCall") and "/" not in tensor and "(output)" in names:
@@ -81,8 +99,10 @@ def _layers_in(tensor, names):
 def op_statistics(model, samples, quantization_aware):
     """Runs `tf.lite.experimental.QuantizationDebugger` on the int8 conversion of `model` over `samples`.
 
-    For a float model, the conversion is post-training int8 calibrated on `samples` (of `with_integer_forms(model)`,
-    as `kopt.convert.to_tflite` converts it); for a QAT model, the conversion of the QAT model (its learned ranges).
+    The conversion is post-training int8 calibrated on `samples`, of `with_integer_forms(model)` as
+    `kopt.convert.to_tflite` converts a float model. The debugger cannot verify a QAT model's own file (its ranges
+    come from FakeQuant ops, which leave no float op to compare with): for a QAT model it runs on the float model
+    that QAT trained (its wrappers removed), so the figures are post-training ones for the QAT-trained weights.
 
     Args:
         model: a Keras model.
@@ -98,7 +118,7 @@ def op_statistics(model, samples, quantization_aware):
 
     from kopt.quantization import with_integer_forms
 
-    converted, codes = _coded_copy(model if quantization_aware else with_integer_forms(model))
+    converted, codes = _coded_copy(_float_model(model) if quantization_aware else with_integer_forms(model))
     inputs = data_lib.model_inputs(converted)
     order = []
 
@@ -108,7 +128,6 @@ def op_statistics(model, samples, quantization_aware):
 
     folder = None
     try:
-        # The debugger needs a calibration pass even for a QAT model (it converts with `_experimental_calibrate_only`).
         converter, folder = _converter(converted, samples, calibrate=True)
         with contextlib.redirect_stdout(io.StringIO()):
             debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_dataset)

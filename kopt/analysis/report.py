@@ -41,6 +41,13 @@ class SensitivityRow:
             in units of its quantization step (about 0.29 for ideal rounding), the largest over the ops named after
             the layer; None where the debugger gives none.
         ops: the TFLite ops the debugger figures come from.
+
+    Example:
+
+    ```python
+    row = kopt.analysis.SensitivityRow("dense", "Dense", sqnr_only_db=31.5, sqnr_all_but_db=44.0)
+    assert row.to_dict()["layer"] == "dense"
+    ```
     """
 
     layer: str
@@ -71,6 +78,16 @@ class SensitivityReport:
             model, its learned ranges).
         samples: how many samples were used.
         seconds: how long the analysis took.
+
+    Example:
+
+    ```python
+    report = kopt.analysis.sensitivity(model, x, debugger=False)
+    print(report)                      # a table, the most sensitive layer first
+    report.rows[0].layer, report.rows[0].sqnr_only_db
+    json_ready = report.to_dict()
+    report.plot("sensitivity.png")     # a horizontal bar chart
+    ```
     """
 
     rows: list
@@ -118,6 +135,9 @@ class SensitivityReport:
         extension = os.path.splitext(str(path))[1].lstrip(".").lower()
         if not extension:
             raise ValueError(f"`path` needs an image extension such as .png or .svg, got {path!r}.")
+        from kopt.convert._files import check_folder
+
+        check_folder(path)
         if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
             raise ValueError(f"`top` must be a positive integer or None, got {top!r}.")
         rows = self.rows[:top] if top else self.rows

@@ -1,7 +1,6 @@
 """`sensitivity`: which layers int8 quantization hurts, measured layer by layer."""
 
 import logging
-import math
 import time
 
 import keras
@@ -87,9 +86,9 @@ def sensitivity(model, data, *, mode="int8", max_samples=256, batch_size=32, deb
       the ReLU's row the shared output range.
     - `output_min`, `output_max`: the range of the layer's output on `data` (float model), and `range_min`,
       `range_max`: the range it is quantized with.
-    - `rmse_over_scale`: TFLite's `tf.lite.experimental.QuantizationDebugger` figure for the int8 file (of a
-      float model: the post-training conversion calibrated on `data`; of a QAT model: its conversion): the RMS
-      difference between each int8 op's output and the float op's on the same quantized inputs, divided by the
+    - `rmse_over_scale`: TFLite's `tf.lite.experimental.QuantizationDebugger` figure for the post-training int8
+      file calibrated on `data` (for a QAT model, of the float model it trained, wrappers removed: the debugger
+      cannot verify a file whose ranges come from FakeQuant ops): the RMS difference between each int8 op's output and the float op's on the same quantized inputs, divided by the
       output's scale (about 0.29 for rounding alone), mapped to layers by the Keras names that TFLite's tensor
       names carry; the worst op of the layer. None where the debugger gives no figure.
 
