@@ -60,11 +60,14 @@ def _coded_copy(model):
             name = layer.name
         layer.name = f"kopts{i}x"
         names[layer.name] = name
-    # The model's output tensor is named after the signature ('StatefulPartitionedCall:0'), not its layer.
+    # The model's output tensors are named after the signature ('StatefulPartitionedCall:<i>'), not their layers:
+    # the i-th in the order of the signature's keys (output_0, output_1 ... sorted as strings).
     outputs = list(getattr(copy, "outputs", None) or [])
-    last = producer(outputs[0]) if len(outputs) == 1 else None
-    if last is not None and last.name in names:
-        names["(output)"] = names[last.name]
+    keys = sorted(f"output_{j}" for j in range(len(outputs)))
+    for i, key in enumerate(keys):
+        last = producer(outputs[int(key.split("_")[1])])
+        if last is not None and last.name in names:
+            names[f"(output {i})"] = names[last.name]
     return copy, names
 
 
@@ -88,8 +91,10 @@ def _float_model(qat):
 
 def _layers_in(tensor, names):
     found = []
-    if tensor.startswith("StatefulPartitionedCall") and "/" not in tensor and "(output)" in names:
-        return [names["(output)"]]
+    output = re.fullmatch(r"StatefulPartitionedCall(?:_\d+)?:(\d+)", tensor)
+    if output:
+        key = f"(output {output.group(1)})"
+        return [names[key]] if key in names else []
     for code in re.findall(r"kopts\d+[xy]", tensor):
         if names[code] not in found:
             found.append(names[code])

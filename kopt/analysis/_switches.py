@@ -20,6 +20,11 @@ _NOISE = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.Spat
           keras.layers.SpatialDropout3D, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
 
 
+# TFLite's int8 softmax/logistic/tanh have fixed output grids (scale 1/256 zero point -128; 1/128 and 0); kopt's
+# QAT quantizes their input.
+_FIXED_OUTPUT = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
 class _Switched:
     """A quantizer that applies `quantizer` when `flag` is 1 and passes the tensor through when it is 0."""
 
@@ -174,6 +179,9 @@ def quantizer_range(unit):
     layer = unit.layers[-1]
     if isinstance(layer, QuantizeWrapper) and not layer.quantize_output:
         return None
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    if isinstance(layer, QuantizeWrapper) and activation in _FIXED_OUTPUT:
+        return _FIXED_OUTPUT[activation]  # its range quantizes the activation's input
     states = activation_states(layer)
     for name in ("output_0", "activation", "input"):
         if name in states:
