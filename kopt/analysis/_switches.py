@@ -37,6 +37,8 @@ class _Switched:
         return ops.where(ops.convert_to_tensor(self.flag) > 0, quantized, inputs)
 
     def __getattr__(self, name):  # update_range, assign_range, training_weight ... of the real quantizer
+        if name == "quantizer":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.quantizer, name)
 
 
@@ -49,7 +51,7 @@ class Unit:
         self.layer_class = layer_class
         self.layers = layers  # the QAT layers whose quantizers it switches
         self.is_row = is_row
-        self.flag = keras.Variable(1.0, trainable=False, dtype="float32", name=f"switch_{len(name)}")
+        self.flag = keras.Variable(1.0, trainable=False, dtype="float32", name="sensitivity_switch")
 
 
 def _switch(layer, flag):
