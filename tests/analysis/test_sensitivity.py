@@ -35,6 +35,7 @@ def test_one_row_per_conv_and_dense_sorted(float_report, digits_cnn, digits_data
     only = [r.sqnr_only_db for r in report.rows]
     assert only == sorted(only)
     assert report.source == "post-training" and report.mode == "int8" and report.samples == 200
+    assert not any(layer.name.startswith("kopts") for layer in digits_cnn.layers)  # the fixture is untouched
     # One layer quantized costs less than all of them; all but one, more than that one alone.
     for row in report.rows:
         assert row.sqnr_only_db > report.sqnr_all_db
