@@ -1,10 +1,11 @@
 """kopt: model optimization for Keras 3.
 
-Pruning (`kopt.sparsity`), quantization-aware training (`kopt.quantization`),
-channel pruning (`kopt.structured`), distillation, compression-aware search and
-validated TFLite / ONNX conversion (`kopt.convert`) for Keras 3 models, with
-tensorflow-model-optimization's API where it has one. Submodules are imported on first use, so `import kopt` is cheap and
-changes nothing: no environment variables, no Keras version switching.
+Pruning (`kopt.sparsity`), weight clustering (`kopt.clustering`), quantization-aware training
+(`kopt.quantization`, with tfmot's collaborative schemes in `kopt.experimental.combine`), channel pruning
+(`kopt.structured`), distillation, compression-aware search, per-layer int8 sensitivity (`kopt.analysis`) and
+validated TFLite / ONNX conversion (`kopt.convert`) for Keras 3 models, with tensorflow-model-optimization's API where
+it has one. Submodules are imported on first use, so `import kopt` is cheap and changes nothing: no environment
+variables, no Keras version switching.
 
 Example:
 
@@ -18,8 +19,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("sparsity", "structured", "clustering", "quantization", "experimental", "distill", "search", "distribute", "convert",
-               "errors", "recipe", "datasets", "demo", "manifest")
+_SUBMODULES = ("sparsity", "structured", "clustering", "quantization", "experimental", "distill", "search",
+               "distribute", "convert", "analysis", "errors", "recipe", "datasets", "demo", "manifest")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -10,14 +10,16 @@ import pytest
 import kopt
 import kopt.datasets
 import kopt.demo
-from kopt import (clustering, convert, distill, distribute, errors, manifest, quantization, search, sparsity,
-                  structured)
+import kopt.experimental.combine as combine
+from kopt import (analysis, clustering, convert, distill, distribute, errors, manifest, quantization, search,
+                  sparsity, structured)
 
 
 def _public_objects():
     objects = {"kopt": kopt, "kopt.datasets.load_digits": kopt.datasets.load_digits, "kopt.demo.run": kopt.demo.run}
     for module, name in (("sparsity", sparsity), ("structured", structured), ("clustering", clustering),
-                         ("quantization", quantization),
+                         ("quantization", quantization), ("analysis", analysis),
+                         ("experimental.combine", combine),
                          ("convert", convert),
                          ("distill", distill), ("search", search),
                          ("distribute", distribute), ("manifest", manifest), ("errors", errors)):
