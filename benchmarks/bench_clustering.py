@@ -33,6 +33,15 @@ def _mobilenet_inputs(x):
     return np.repeat(np.kron(x, np.ones((1, 4, 4, 1), "float32")), 3, axis=-1)
 
 
+def _fast_batchnorm(model):
+    """BatchNormalization moving statistics that follow ~100 steps (momentum 0.9, Keras's default is 0.99 and
+    MobileNetV2's 0.999): a few hundred training steps on digits would otherwise leave them near their initial
+    values, and the model at chance in inference. The same in both toolkits."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = 0.9
+
+
 def _litert_accuracy(content, x, y):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -85,6 +94,7 @@ def tfmot_worker(src, dst):
             else:
                 model = tf_keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3),
                                                           classes=10, classifier_activation=None)
+                _fast_batchnorm(model)
             model.set_weights([data[f"{name}_weight_{i}"] for i in range(spec["n_weights"])])
             return model
 
@@ -145,6 +155,7 @@ def main():
         else:
             model = keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10,
                                                    classifier_activation=None)
+            _fast_batchnorm(model)
             xs = (_mobilenet_inputs(x_train), _mobilenet_inputs(x_test))
         model.compile(keras.optimizers.Adam(1e-3), loss)
         model.fit(xs[0], y_train, batch_size=32, epochs=epochs[name], verbose=0)
@@ -190,17 +201,30 @@ def main():
                 stripped = clustering.strip_clustering(clustered)
                 rows[f"clustered {n} + int8"] = {**_row(int8(stripped, f"c{n}"), x_te, y_test),
                                                  "unique": _unique(stripped)}
+                if any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
+                    # tfmot's ClusterWeights wrapper calls its layer without `training`, so a BatchNormalization it
+                    # wraps runs in inference mode through the fine-tuning (statistics frozen, measured). The same
+                    # here: trainable=False runs a Keras 3 BatchNormalization in inference mode.
+                    keras.utils.set_random_seed(0)
+                    frozen = clustering.cluster_weights(model, number_of_clusters=n)
+                    for layer in frozen.layers:
+                        if isinstance(layer, keras.layers.BatchNormalization):
+                            layer.trainable = False
+                    frozen.compile(keras.optimizers.Adam(1e-4), loss)
+                    frozen.fit(x_tr, y_train, batch_size=32, epochs=fine_tune, shuffle=False, verbose=0)
+                    frozen = clustering.strip_clustering(frozen)
+                    rows[f"clustered {n} + int8, BN frozen as tfmot"] = _row(int8(frozen, f"f{n}"), x_te, y_test)
                 # tfmot's clustered weights through kopt's converter: the clustering compared alone.
                 stripped.set_weights([tfmot_weights[f"{name}_c{n}_{i}"] for i in range(len(stripped.weights))])
                 same_converter[n] = _row(int8(stripped, f"tfmot_c{n}"), x_te, y_test)
             print(f"\n{name} ({len(y_test)} test digits)")
-            print(f"  {'file':22s} {'kopt acc':>9s} {'kopt gzip B':>12s} {'tfmot acc':>10s} {'tfmot gzip B':>13s}"
+            print(f"  {'file':38s} {'kopt acc':>9s} {'kopt gzip B':>12s} {'tfmot acc':>10s} {'tfmot gzip B':>13s}"
                   f" {'kopt/tfmot size':>16s}")
             for label, row in rows.items():
-                theirs = tfmot_rows[name].get(label)
+                theirs = tfmot_rows[name].get(label.replace(", BN frozen as tfmot", ""))
                 other = (f" {theirs['accuracy']:10.4f} {theirs['gzip_bytes']:13,d} "
                          f"{row['gzip_bytes'] / theirs['gzip_bytes']:16.3f}") if theirs else ""
-                print(f"  {label:22s} {row['accuracy']:9.4f} {row['gzip_bytes']:12,d}{other}")
+                print(f"  {label:38s} {row['accuracy']:9.4f} {row['gzip_bytes']:12,d}{other}")
             for n, theirs in same_converter.items():
                 mine = rows[f"clustered {n} + int8"]
                 print(f"  clustered {n}, both through kopt's converter: kopt {mine['accuracy']:.4f} at "
