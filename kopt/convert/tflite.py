@@ -40,24 +40,6 @@ def _check_arguments(model, path, quantization, input_type, output_type, on_mism
             raise ValueError(f"`{name}`={value!r} does not fit quantization='int16x8': use 'int16' or 'float32'.")
 
 
-def _without_cluster_variables(model):
-    """A CQAT/PCQAT model with its clustered weights written in (`strip_clustering_cqat`), else `model` itself.
-
-    Such a model computes each kernel from its centroids (a gather); written in, the kernels are constants that
-    the converter quantizes. The outputs are the same.
-    """
-    from kopt._keras.clone import walk_layers
-    from kopt.experimental.combine import strip_clustering_cqat
-    from kopt.experimental.combine.cluster_preserve_quantizer import ClusterPreserveQuantizeConfig
-
-    if any(isinstance(getattr(layer, "quantize_config", None), ClusterPreserveQuantizeConfig)
-           for layer in walk_layers(model)):
-        logger.info("'%s' was trained cluster-preserving: its clustered kernels are written in first "
-                    "(strip_clustering_cqat)", model.name)
-        return strip_clustering_cqat(model)
-    return model
-
-
 def _float_ops_message(float_ops, qat, calibrated, shown=8):
     listed = ", ".join(f"{op} (tensor '{name}')" for op, name in float_ops[:shown])
     more = f" and {len(float_ops) - shown} more" if len(float_ops) > shown else ""
@@ -279,7 +261,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     elif held is None and samples is not None:
         held = data_lib.take(samples, 0, max_samples)
 
-    converted = _without_cluster_variables(model) if qat else model
+    converted = model
     if integer_mode and not qat:
         from kopt.quantization import with_integer_forms
 
