@@ -66,10 +66,3 @@ def test_structured_benchmark_runs(part, label):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert label in proc.stdout
 
-
-def test_clustering_benchmark_runs():
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_clustering.py"), "--quick"],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "clustered 16 + int8" in proc.stdout and "both through kopt's converter" in proc.stdout
