@@ -342,3 +342,31 @@ def consumers(model):
                 if history is not None and id(history.operation) in known:
                     result.setdefault(id(history.operation), []).append(layer)
     return result
+
+
+def strip_wrappers(model, wrapper_type, stripped_layer, function_name):
+    """A copy of `model` with every `wrapper_type` layer replaced by `stripped_layer(wrapper)` (nested models too).
+
+    What `strip_pruning` and `strip_clustering` share.
+
+    Args:
+        model: a Sequential or Functional model, or one `wrapper_type` layer.
+        wrapper_type: the technique's wrapper class.
+        stripped_layer: `stripped_layer(wrapper)` returns the plain layer with the wrapper's values baked in.
+        function_name: the public function's name, for error messages.
+
+    Returns:
+        The new model (or layer); other layers are copied with their weights.
+    """
+    if isinstance(model, wrapper_type):
+        return stripped_layer(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a keras.Model (or a {wrapper_type.__name__} layer), got {type(model).__name__}.")
+    if not is_graph_model(model):
+        raise ValueError(
+            f"{function_name} cannot rewrite the subclassed model '{model.name}' ({type(model).__name__}): only "
+            f"Sequential and Functional models can be cloned. Call {function_name} on each "
+            f"{wrapper_type.__name__} layer inside it instead.")
+    return rewrite_model(model, lambda layer: stripped_layer(layer) if isinstance(layer, wrapper_type)
+                         else copy_layer(layer))

@@ -37,3 +37,12 @@ _ELEMENTWISE = _classes(_numpy, (
 def is_elementwise_operation(operation):
     """Whether a plain graph operation computes each element from the same element of its (broadcast) inputs."""
     return isinstance(operation, _ELEMENTWISE)
+
+
+# `x + y`, `x - y`, `x * y` (keras.ops.add/subtract/multiply): what XNNPACK's sparse inference accepts between layers.
+_ADD_SUBTRACT_MULTIPLY = _classes(_numpy, ("Add", "Subtract", "Multiply"))
+
+
+def is_add_subtract_or_multiply(operation):
+    """Whether a plain graph operation is `x + y`, `x - y` or `x * y` (keras.ops.add, subtract, multiply)."""
+    return isinstance(operation, _ADD_SUBTRACT_MULTIPLY)

@@ -136,7 +136,9 @@ def op_statistics(model, samples, quantization_aware):
         converter, folder = _converter(converted, samples, calibrate=True)
         with contextlib.redirect_stdout(io.StringIO()):
             debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_dataset)
-        details = tf.lite.Interpreter(model_content=debugger.quant_model).get_input_details()
+        from ai_edge_litert.interpreter import Interpreter
+
+        details = Interpreter(model_content=debugger.quant_model).get_input_details()
         names = [spec.name for spec in inputs]
         for detail in details:  # the interpreter's input order, matched by signature name
             matches = [j for j, n in enumerate(names) if n in detail["name"]]

@@ -3,7 +3,8 @@
 import dataclasses
 import math
 import os
-import tempfile
+
+from kopt._keras.figures import save_figure
 
 
 def _plain(value):
@@ -161,13 +162,4 @@ class SensitivityReport:
         ax.set_title(f"{self.mode} sensitivity per layer ({self.source}, {self.samples} samples)")
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
-        folder = os.path.dirname(os.path.abspath(path))
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".kopt-", suffix=f".{extension}.part")
-        os.close(handle)
-        try:
-            figure.savefig(temporary, format=extension, dpi=120)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        return path
+        return save_figure(figure, path, extension)

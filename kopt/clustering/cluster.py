@@ -5,7 +5,7 @@ import logging
 import keras
 import numpy as np
 
-from kopt._keras.clone import as_graph_model, copy_layer, copy_with_values, is_graph_model, rewrite_model
+from kopt._keras.clone import as_graph_model, copy_layer, copy_with_values, rewrite_model, strip_wrappers
 from kopt._keras.sublayers import is_keras_layer
 from kopt.clustering._registry import REGISTRY
 from kopt.clustering.cluster_config import CentroidInitialization
@@ -169,19 +169,4 @@ def strip_clustering(model):
     final.save("clustered.keras")
     ```
     """
-    if isinstance(model, ClusterWeights):
-        return _stripped_layer(model)
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model (or a ClusterWeights layer), got {type(model).__name__}.")
-    if not is_graph_model(model):
-        raise ValueError(
-            f"strip_clustering cannot rewrite the subclassed model '{model.name}' ({type(model).__name__}): only "
-            "Sequential and Functional models can be cloned. Call strip_clustering on each ClusterWeights layer "
-            "inside it instead.")
-
-    def strip(layer):
-        if isinstance(layer, ClusterWeights):
-            return _stripped_layer(layer)
-        return copy_layer(layer)
-
-    return rewrite_model(model, strip)
+    return strip_wrappers(model, ClusterWeights, _stripped_layer, "strip_clustering")

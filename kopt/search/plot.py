@@ -1,7 +1,8 @@
 """A figure of a compression search: accuracy against size and latency, the Pareto front highlighted."""
 
 import os
-import tempfile
+
+from kopt._keras.figures import save_figure
 
 
 def plot_pareto(results, front, path, title=None):
@@ -69,13 +70,4 @@ def plot_pareto(results, front, path, title=None):
         ax.legend(loc="lower right")
     if title:
         figure.suptitle(title)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, suffix=f".{extension}")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format=extension, dpi=120)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return save_figure(figure, path, extension)

@@ -5,7 +5,7 @@ import logging
 import keras
 
 from kopt._keras.clone import (
-    as_graph_model, copy_layer, copy_with_values, is_graph_model, is_subclassed_model, rewrite_model)
+    as_graph_model, copy_layer, copy_with_values, is_subclassed_model, rewrite_model, strip_wrappers)
 from kopt._keras.sublayers import is_keras_layer
 from kopt.sparsity import _registry as registry
 from kopt.sparsity.pruning_policy import PruningPolicy
@@ -259,25 +259,8 @@ def strip_pruning(model):
     final.save("pruned.keras")
     ```
     """
-    if isinstance(model, PruneLowMagnitude):
-        return _stripped_layer(model)
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`model` must be a keras.Model (or a PruneLowMagnitude layer), got {type(model).__name__}."
-        )
-    if not is_graph_model(model):
-        raise ValueError(
-            f"strip_pruning cannot rewrite the subclassed model '{model.name}' ({type(model).__name__}): "
-            "only Sequential and Functional models can be cloned. Call strip_pruning on each "
-            "PruneLowMagnitude layer inside it instead."
-        )
-
-    def strip(layer):
-        if isinstance(layer, PruneLowMagnitude):
-            return _stripped_layer(layer)
-        return copy_layer(layer)
-
-    return _unwrapped(rewrite_model(model, strip))
+    stripped = strip_wrappers(model, PruneLowMagnitude, _stripped_layer, "strip_pruning")
+    return stripped if isinstance(model, PruneLowMagnitude) else _unwrapped(stripped)
 
 
 def _unwrapped(model):

@@ -9,17 +9,16 @@ import abc
 import warnings
 
 import keras
-from keras.src.ops import numpy as _numpy  # private: the classes `x + y`, `keras.ops.multiply` record in a graph
 
 from kopt._keras.clone import is_graph_model
 from kopt._keras.nodes import graph_nodes, producer
+from kopt._keras.operations import is_add_subtract_or_multiply
 from kopt.sparsity.wrapper import PruneLowMagnitude
 
 L = keras.layers
 
 # The plain graph operations of `x + y`, `x - y`, `x * y` (tfmot accepts tf.math.add/subtract/multiply
 # and tf.identity as TFOpLambda layers; Keras 3 records these operations, and has an Identity layer).
-_ELEMENTWISE_OPERATIONS = (_numpy.Add, _numpy.Subtract, _numpy.Multiply)
 _ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "sigmoid")
 
 _STEM_ERROR = (
@@ -239,7 +238,7 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
             return self._check_layer_support(layer.layer, graph)
         if isinstance(layer, (L.Add, L.Multiply, L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.Identity)):
             return True
-        if isinstance(layer, _ELEMENTWISE_OPERATIONS):
+        if is_add_subtract_or_multiply(layer):
             return True
         if isinstance(layer, L.ZeroPadding2D):
             return _channels_last(layer)
