@@ -6,9 +6,12 @@ what they share: the call with substituted values, the layer's shapes and masks 
 wrapped layer (also when its config does not round-trip).
 """
 
+import inspect
+
 import keras
 
 from kopt._keras.calls import call_with_values, wrapper_kwargs
+from kopt._keras.clone import build_layer
 from kopt._keras.sublayers import deserialize_layer
 
 
@@ -25,6 +28,38 @@ class ValueWrapper(keras.layers.Wrapper):
 
     def __init__(self, layer, **kwargs):
         super().__init__(layer, **wrapper_kwargs(layer, kwargs))
+
+    def build_wrapped_layer(self, input_shape, done, do):
+        """Builds the wrapped layer if it is not built yet.
+
+        Args:
+            input_shape: the shape the layer is built for.
+            done: in the error message, what happens to the layer (e.g. `"clustered"`).
+            do: in the error message, what to do to the model instead (e.g. `"cluster"`).
+
+        Raises:
+            ValueError: if the layer is not built and its `build` takes several inputs.
+        """
+        if self.layer.built:
+            return
+        build_args = [
+            p for p in inspect.signature(self.layer.build).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        if len(build_args) > 1:
+            raise ValueError(
+                f"Layer '{self.layer.name}' ({self.layer.__class__.__name__}) takes several inputs and must be "
+                f"built before it is {done}: call it once on inputs, or {do} the model that contains it.")
+        build_layer(self.layer, input_shape)
+
+    def copy(self):
+        """A copy of this built wrapper, with its state (`get_weights()`)."""
+        new = self.__class__.from_config(self.get_config())
+        if not new.layer.built:  # Keras deserialization usually builds it from its build_config already
+            new.layer.build_from_config(self.layer.get_build_config())
+        new.build()
+        new.set_weights(self.get_weights())
+        return new
 
     def effective_weights(self):
         """`[(variable, value)]`: the weights the layer computes with."""

@@ -120,7 +120,7 @@ def _cluster_model(model, params):
 
     def wrap(layer):
         if isinstance(layer, ClusterWeights):
-            return _copy_wrapper(layer)
+            return layer.copy()
         if not REGISTRY.is_used_by_default(layer):
             if layer.weights and (is_keras_layer(layer) or not REGISTRY.is_supported(layer)):
                 left_out.append(_describe(layer))
@@ -133,16 +133,6 @@ def _cluster_model(model, params):
     clustered = rewrite_model(model, wrap)
     _log_skipped(left_out, too_small)
     return clustered
-
-
-def _copy_wrapper(wrapper):
-    """Copies an already-clustered layer with its centroids and masks."""
-    new = ClusterWeights.from_config(wrapper.get_config())
-    if not new.layer.built:
-        new.layer.build_from_config(wrapper.layer.get_build_config())
-    new.build()
-    new.set_weights(wrapper.get_weights())
-    return new
 
 
 def _stripped_layer(wrapper):

@@ -1,13 +1,11 @@
 """`ClusterWeights`: the layer wrapper that clusters a layer's weights during training (tfmot's wrapper)."""
 
-import inspect
 import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
-from kopt._keras.clone import build_layer
 from kopt._keras.value_wrapper import ValueWrapper
 from kopt.clustering._centroids import initial_centroids
 from kopt.clustering._registry import REGISTRY
@@ -108,16 +106,7 @@ class ClusterWeights(ValueWrapper):
         return chosen or ClusteringAlgorithm
 
     def build(self, input_shape=None):
-        if not self.layer.built:
-            build_args = [
-                p for p in inspect.signature(self.layer.build).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-            ]
-            if len(build_args) > 1:
-                raise ValueError(
-                    f"Layer '{self.layer.name}' ({self.layer.__class__.__name__}) takes several inputs and must be "
-                    "built before it is clustered: call it once on inputs, or cluster the model that contains it.")
-            build_layer(self.layer, input_shape)
+        self.build_wrapped_layer(input_shape, "clustered", "cluster")
         labelled = REGISTRY.labelled_weights(self.layer)
         if not labelled:
             raise ValueError(f"Layer '{self.layer.name}' has no weights to cluster.")

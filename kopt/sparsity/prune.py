@@ -195,7 +195,7 @@ def _prune_model(model, params, prune_depthwise, pruning_policy=None):
 
     def wrap(layer):
         if isinstance(layer, PruneLowMagnitude):
-            return layer.__class__.from_config(layer.get_config()) if not layer.built else _copy_wrapper(layer)
+            return layer.__class__.from_config(layer.get_config()) if not layer.built else layer.copy()
         if pruning_policy is not None and not pruning_policy.allow_pruning(layer):
             if registry.is_prunable(layer):
                 not_allowed.append(_describe(layer))
@@ -222,16 +222,6 @@ def _prune_model(model, params, prune_depthwise, pruning_policy=None):
         logger.info("prune_low_magnitude: left dense by the pruning policy %s: %s",
                     type(pruning_policy).__name__, ", ".join(not_allowed))
     return pruned
-
-
-def _copy_wrapper(wrapper):
-    """Copies an already-pruned layer with its masks, thresholds and step."""
-    new = PruneLowMagnitude.from_config(wrapper.get_config())
-    if not new.layer.built:  # Keras deserialization usually builds it from its build_config already
-        new.layer.build_from_config(wrapper.layer.get_build_config())
-    new.build()
-    new.set_weights(wrapper.get_weights())
-    return new
 
 
 def _stripped_layer(wrapper):

@@ -1,12 +1,10 @@
 """`PruneLowMagnitude`: the layer wrapper that holds masks and prunes during training."""
 
-import inspect
 import numbers
 
 import keras
 from keras import ops
 
-from kopt._keras.clone import build_layer
 from kopt._keras.scheduled_wrapper import ScheduledWrapper
 from kopt.sparsity import _masks as masks_lib
 from kopt.sparsity import _registry as registry
@@ -141,18 +139,7 @@ class PruneLowMagnitude(ScheduledWrapper):
     # -- building ---------------------------------------------------------------------------
 
     def build(self, input_shape=None):
-        if not self.layer.built:
-            build_args = [
-                p for p in inspect.signature(self.layer.build).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-            ]
-            if len(build_args) > 1:
-                raise ValueError(
-                    f"Layer '{self.layer.name}' ({self.layer.__class__.__name__}) takes several inputs "
-                    "and must be built before it is wrapped: call it once on inputs, or prune the "
-                    "model that contains it."
-                )
-            build_layer(self.layer, input_shape)
+        self.build_wrapped_layer(input_shape, "wrapped", "prune")
         labelled = registry.labelled_prunable_weights(self.layer)
         self._pruned_weights = [variable for variable, _ in labelled]
         if not self._pruned_weights:
