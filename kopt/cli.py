@@ -1,4 +1,4 @@
-"""The `kopt` command line: convert, inspect, benchmark and evaluate models without writing Python.
+"""The `kopt` command line: convert, inspect, benchmark, evaluate and analyze models without writing Python.
 
 Every command prints one readable line on failure (`--verbose` shows the traceback). The exit code follows the
 error's type (`kopt.errors`): 0 success, 1 a file that does not match its model (`ValidationError`: nothing is
@@ -23,6 +23,7 @@ _EXAMPLES = {
     "bench": "kopt bench model_int8.tflite --threads 2 --runs 100",
     "eval": "kopt eval model_int8.tflite --x x_test.npy --y y_test.npy",
     "onnx": "kopt onnx model.keras -o model.onnx --validation x_test.npy",
+    "analyze": "kopt analyze model.keras --data x_test.npy --top 10",
 }
 _QUANTIZATION = ("int8", "int16x8", "float16", "dynamic", "none")
 _TYPES = ("int8", "uint8", "int16", "float32")
@@ -317,6 +318,39 @@ def _eval(args):
           else f"{args.file}: accuracy {accuracy:.4f} on {len(x)} samples")
 
 
+def _check_plot(path):
+    if not os.path.splitext(path)[1]:
+        raise _UsageError(f"--plot {path!r}: needs an image extension such as .png, .svg or .pdf.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"--plot {path!r}: the folder {folder!r} does not exist. Create it first.")
+
+
+def _analyze(args):
+    plot = args.plot or os.path.splitext(args.model)[0] + "_sensitivity.png"
+    _check_plot(plot)
+    model = _load_model(args.model)
+    data = _load_data(args.data, "--data", model)
+    from kopt import analysis
+    from kopt.convert import _data as data_lib
+
+    try:  # checked here, so that a shape or dtype error names --data
+        samples = data_lib.collect_inputs(data, data_lib.model_inputs(model), f"--data {args.data!r}",
+                                          args.max_samples)
+    except ValueError as error:
+        raise _UsageError(str(error).replace("`", "")) from None
+    with _Step(f"measuring int8 sensitivity layer by layer on {data_lib.count(samples)} samples"):
+        report = analysis.sensitivity(model, samples[0] if len(samples) == 1 else samples,
+                                      max_samples=args.max_samples)
+    shown = dataclasses.replace(report, rows=report.rows[:args.top]) if args.top else report
+    shown.plot(plot)
+    if args.json:
+        print(json.dumps({"model": args.model, **shown.to_dict(), "plot": plot}, indent=2, default=str))
+        return
+    print(shown)
+    print(f"wrote {plot}")
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -329,7 +363,8 @@ def _version():
 def build_parser():
     """The argument parser of `kopt` (every command has `--help` with an example)."""
     parser = argparse.ArgumentParser(
-        prog="kopt", description="Model optimization for Keras 3: convert, inspect, benchmark and evaluate models.",
+        prog="kopt",
+        description="Model optimization for Keras 3: convert, inspect, benchmark, evaluate and analyze models.",
         epilog="Examples:\n" + "\n".join(f"  {e}" for e in _EXAMPLES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"kopt {_version()}")
@@ -408,6 +443,20 @@ def build_parser():
     onnx.add_argument("--opset", type=_positive, help="ONNX opset (default: the exporter's)")
     onnx.add_argument("--validation", metavar="X.npy|DIR", help="inputs to validate on (default: synthetic)")
     onnx.set_defaults(run=_onnx)
+
+    analyze = command("analyze", "which layers int8 quantization hurts: each layer's output SQNR, a table and "
+                                 "a bar chart (kopt.analysis.sensitivity)")
+    analyze.add_argument("model", metavar="MODEL", help="a .keras model file (float, or QAT after fit)")
+    analyze.add_argument("--data", required=True, metavar="X.npy|DIR",
+                         help="typical inputs: .npy, .npz (one array per input name), or a folder of .npy files or "
+                              "images")
+    analyze.add_argument("--max-samples", type=_positive, default=256, help="most samples used (default 256)")
+    analyze.add_argument("--plot", metavar="PATH", help="the bar chart to write (default: "
+                         "MODEL_sensitivity.png next to the model; .png, .svg or .pdf)")
+    analyze.add_argument("--top", type=_positive, metavar="K",
+                         help="show only the K most sensitive layers (table, JSON and chart; default all)")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.set_defaults(run=_analyze)
     return parser
 
 
