@@ -197,7 +197,7 @@ def test_verbose_shows_the_traceback(capsys):
 def test_every_command_documents_its_options_with_an_example():
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"demo", "convert", "inspect", "bench", "eval", "onnx"}
+    assert set(commands) == {"demo", "convert", "inspect", "bench", "eval", "onnx", "analyze"}
     for name, sub in commands.items():
         text = sub.format_help()
         assert f"Example:\n  kopt {name}" in text, name

@@ -33,6 +33,8 @@ def _public_objects():
         objects.pop(f"kopt.convert.{name}", None)
     for name in ("ConversionError", "KoptError", "ValidationError"):  # the module's example raises and catches one
         objects.pop(f"kopt.errors.{name}", None)
+    for name in ("MixedPrecisionResult", "MixedPrecisionStep"):
+        objects.pop(f"kopt.analysis.{name}", None)
     for name in ("ChannelGroup", "LowRankReport", "LowRankRow"):
         objects.pop(f"kopt.structured.{name}", None)
     return objects

@@ -304,6 +304,21 @@ def rewrite_model(model, layer_fn, after_input=None, after_operation=None, after
                                     call_function=call_function)
 
 
+def with_input_names(model, rewritten):
+    """`rewritten` (a `rewrite_model` of `model`) with the input tensor names of `model`.
+
+    An unnamed keras.Input names its tensor (the SavedModel signature key) apart from its layer, and a rewrite
+    keeps the layer names: where the names differ, `rewritten` is called on new inputs named as `model`'s, so
+    an export of it has the signature of `model`'s.
+    """
+    if [t.name for t in rewritten.inputs] == [t.name for t in model.inputs]:
+        return rewritten
+    structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), structure)
+    return keras.Model(inputs, rewritten(inputs), name=model.name)
+
+
 def walk_layers(model):
     """Yields every layer of `model`, recursing into nested models, depth first.
 

@@ -1,4 +1,5 @@
-"""Writing a matplotlib figure atomically (the search's Pareto plot, the sensitivity report's bar chart)."""
+"""Matplotlib figures for reports: checked paths, and writing atomically (the search's Pareto plot, the
+sensitivity report's bar chart, the mixed-precision steps)."""
 
 import os
 import tempfile
@@ -26,3 +27,27 @@ def save_figure(figure, path, extension, dpi=120):
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def new_figure(path, figsize, what):
+    """A matplotlib `Figure` (without pyplot) and the image format that `path`'s extension picks.
+
+    Args:
+        path: where the figure will be written; its folder must exist.
+        figsize: the figure's size in inches.
+        what: the caller, for the ImportError ("SensitivityReport.plot").
+
+    Raises:
+        ValueError: `path` has no extension or its folder does not exist.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{what} needs matplotlib: pip install matplotlib") from e
+    extension = os.path.splitext(str(path))[1].lstrip(".").lower()
+    if not extension:
+        raise ValueError(f"`path` needs an image extension such as .png or .svg, got {path!r}.")
+    from kopt.convert._files import check_folder
+
+    check_folder(path)
+    return Figure(figsize=figsize, layout="constrained"), extension

@@ -1,4 +1,5 @@
-"""Analysis for quantization: which layers int8 hurts (`sensitivity`).
+"""Analysis for quantization: which layers int8 hurts (`sensitivity`), and which to keep float so that the
+int8 file meets a target (`auto_mixed_precision`).
 
 Example:
 
@@ -8,7 +9,10 @@ print(report)
 ```
 """
 
+from kopt.analysis.auto_mixed_precision import auto_mixed_precision
+from kopt.analysis.mixed_precision_result import MixedPrecisionResult, MixedPrecisionStep
 from kopt.analysis.report import SensitivityReport, SensitivityRow
 from kopt.analysis.sensitivity import sensitivity
 
-__all__ = ["SensitivityReport", "SensitivityRow", "sensitivity"]
+__all__ = ["MixedPrecisionResult", "MixedPrecisionStep", "SensitivityReport", "SensitivityRow",
+           "auto_mixed_precision", "sensitivity"]

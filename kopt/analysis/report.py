@@ -2,9 +2,8 @@
 
 import dataclasses
 import math
-import os
 
-from kopt._keras.figures import save_figure
+from kopt._keras.figures import new_figure, save_figure
 
 
 def _plain(value):
@@ -129,16 +128,6 @@ class SensitivityReport:
         Returns:
             `path`.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("SensitivityReport.plot needs matplotlib: pip install matplotlib") from e
-        extension = os.path.splitext(str(path))[1].lstrip(".").lower()
-        if not extension:
-            raise ValueError(f"`path` needs an image extension such as .png or .svg, got {path!r}.")
-        from kopt.convert._files import check_folder
-
-        check_folder(path)
         if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
             raise ValueError(f"`top` must be a positive integer or None, got {top!r}.")
         rows = self.rows[:top] if top else self.rows
@@ -148,7 +137,7 @@ class SensitivityReport:
         def shown(v):
             return ceiling if v is None or not math.isfinite(v) else v
 
-        figure = Figure(figsize=(8, 1.5 + 0.28 * max(len(rows), 1)), layout="constrained")
+        figure, extension = new_figure(path, (8, 1.5 + 0.28 * max(len(rows), 1)), "SensitivityReport.plot")
         ax = figure.subplots()
         positions = list(range(len(rows)))[::-1]  # the most sensitive at the top
         ax.barh([p + 0.2 for p in positions], [shown(r.sqnr_only_db) for r in rows], height=0.4, color="C3",

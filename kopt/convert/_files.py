@@ -82,6 +82,8 @@ class TFLiteModel(ModelFile):
     ```
     """
 
+    mixed_precision = None  # a MixedPrecisionReport when layers were kept float
+
 
 class ONNXModel(ModelFile):
     """The bytes of an ONNX model, with the `report` of its validation and the `path` it was written to.

@@ -1,14 +1,13 @@
 """`to_tflite`: Keras 3 model -> .tflite (float, float16, dynamic, int16x8 or full int8), validated."""
 
-import contextlib
 import logging
 import os
-import tempfile
 
 from kopt._keras.precision import as_float32
 from kopt.convert import _data as data_lib
 from kopt.convert import _litert as litert
 from kopt.convert import validation as validation_lib
+from kopt.convert._converter import tflite_converter
 from kopt.convert._files import TFLiteModel, write_atomically
 from kopt.convert._qat_state import check_calibrated, is_quantization_aware
 from kopt.errors import ConversionError
@@ -58,36 +57,7 @@ def _float_ops_message(float_ops, qat, calibrated, shown=8):
 def _convert(model, quantization, calibration, input_type, output_type):
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="kopt-export-") as export_dir:
-        # The Keras-3-safe path: export a SavedModel and convert that (converting the Keras object
-        # directly is fragile on Keras 3).
-        if quantization in ("int8", "int16x8"):
-            from kopt.quantization.integer_forms import integer_lowering
-
-            lowering = integer_lowering(model)  # LayerNormalization inside custom layers without NEG
-        else:
-            lowering = contextlib.nullcontext()
-        with lowering:
-            model.export(export_dir, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(export_dir)
-        if quantization is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization == "int16x8":
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        if calibration is not None:
-            # A dict {signature input name: samples} feeds each input by name; an array, the only input.
-            def representative_dataset():
-                if isinstance(calibration, dict):
-                    for i in range(len(next(iter(calibration.values())))):
-                        yield {name: samples[i:i + 1] for name, samples in calibration.items()}
-                else:
-                    for sample in calibration:
-                        yield [sample[None]]
-
-            converter.representative_dataset = representative_dataset
+    with tflite_converter(model, quantization, calibration) as converter:
         if quantization in ("int8", "int16x8"):
             converter.inference_input_type = getattr(tf, input_type)
             converter.inference_output_type = getattr(tf, output_type)
@@ -97,6 +67,101 @@ def _convert(model, quantization, calibration, input_type, output_type):
             raise ConversionError(
                 f"TFLite's converter cannot convert `model` ('{model.name}') with quantization={quantization!r}: "
                 f"{type(error).__name__}: {error}".rstrip()) from error
+
+
+def _patterns(value, argument):
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple, set)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"`{argument}` must be a list of layer names or regular expressions, got {value!r}.")
+    return list(value)
+
+
+def _check_mixed(keep_float, int16_activations, quantization, input_type, output_type):
+    keep_float = _patterns(keep_float, "keep_float")
+    if _patterns(int16_activations, "int16_activations"):
+        raise ValueError(
+            "`int16_activations`: TFLite's converter quantizes every activation of a file to one type, so int16 "
+            "activations for some layers and int8 for the rest cannot be mixed in one file. Use "
+            "quantization='int16x8' for int16 activations everywhere, or keep_float=[...] to keep those layers "
+            "float in an int8 file.")
+    if keep_float and quantization != "int8":
+        raise ValueError(
+            f"`keep_float` needs quantization='int8', got {quantization!r}. TFLite keeps chosen ops float only in "
+            "its int8 quantizer; in 'int16x8' mode its quantizer has no denylist (and its MLIR int16 path makes "
+            "files the interpreter rejects), and float modes are float already.")
+    if keep_float and (input_type or "int8") != (output_type or "int8"):
+        raise ValueError(
+            f"With `keep_float`, input_type and output_type must be the same ('int8' or 'float32'), got "
+            f"{input_type!r} and {output_type!r}.")
+    if keep_float and (input_type or "int8") not in ("int8", "float32"):
+        raise ValueError(f"With `keep_float`, input_type must be 'int8' or 'float32', got {input_type!r}.")
+    return keep_float
+
+
+def _input_shapes(model, samples):
+    """Each signature input's shape without the batch dimension, from the samples (for timing a file whose
+    shapes are open, e.g. a sequence length)."""
+    if samples is None:
+        return None
+    return {spec.name: tuple(s.shape[1:]) for spec, s in zip(data_lib.model_inputs(model), samples)}
+
+
+def _convert_mixed(model, calibration, keep_float, fully_quantize, held):
+    """The int8 file of float `model` with the layers `keep_float` selects left float, and its report."""
+    from kopt.convert import mixed_precision
+    from kopt.convert._selective import SelectiveQuantizer, layers_in
+
+    try:
+        with SelectiveQuantizer(model, calibration, fully_quantize=fully_quantize) as quantizer:
+            kept = quantizer.resolve(keep_float, "keep_float")
+            coded = quantizer.quantize(kept)
+            int8 = quantizer.decode(quantizer.quantize([]))
+            content = quantizer.decode(coded)
+            ops, boundary = mixed_precision.non_int8_ops(
+                coded, lambda tensor: layers_in(tensor, quantizer.codes), quantizer.decode_name)
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ConversionError(f"TFLite's selective quantization cannot convert `model` ('{model.name}') with "
+                              f"keep_float={keep_float!r}: {type(error).__name__}: {error}".rstrip()) from error
+    latency, int8_latency = mixed_precision.interleaved_latency([content, int8], _input_shapes(model, held))
+    logger.info("kept float: %s (%d ops not int8)", ", ".join(kept), len(ops))
+    return content, mixed_precision.MixedPrecisionReport(kept, ops, boundary, len(content), len(int8), latency,
+                                                         int8_latency)
+
+
+def _qat_mixed(model, converted, content, keep_float):
+    """The report of a QAT model's file for `keep_float`: the layers must be ones QAT left float."""
+    import re
+
+    from kopt._keras.clone import walk_layers
+    from kopt.convert import mixed_precision
+    from kopt.convert._selective import layers_in, output_layers
+    from kopt.quantization import QuantizeWrapper
+
+    wrapped = {layer.layer.name for layer in walk_layers(model) if isinstance(layer, QuantizeWrapper)}
+    names = [layer.name for layer in walk_layers(model) if not isinstance(layer, QuantizeWrapper)] + sorted(wrapped)
+    kept = []
+    for pattern in keep_float:
+        matched = [n for n in names if n == pattern or re.fullmatch(pattern, n)]
+        if not matched:
+            raise ValueError(f"`keep_float`: {pattern!r} matches no layer of '{model.name}'.")
+        quantized = [n for n in matched if n in wrapped]
+        if quantized:
+            raise ValueError(
+                f"`keep_float`: {quantized} are quantized in this QAT model, so their int8 ranges are part of "
+                "what it learned. Quantize the float model with kopt.quantization.quantize_model(model, "
+                f"float_layers={quantized!r}) and fit it; then keep_float accepts their float ops.")
+        kept.extend(n for n in matched if n not in kept)
+    outputs = output_layers(converted, lambda layer: layer.layer.name if isinstance(layer, QuantizeWrapper)
+                            else layer.name)
+    ops, boundary = mixed_precision.non_int8_ops(
+        content, lambda tensor: layers_in(tensor, outputs) or data_lib.layers_named_in(converted, [tensor]),
+        lambda tensor: tensor)
+    return mixed_precision.MixedPrecisionReport(kept, ops, boundary, len(content))
 
 
 def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, quantization_aware=None,
@@ -137,7 +202,8 @@ def compare(model, tflite, x, mode, min_sqnr_db=None, min_top1_agreement=None, q
 
 def to_tflite(model, path=None, *, quantization="int8", representative_data=None, input_type=None,
               output_type=None, validate=True, validation_data=None, max_samples=300, min_sqnr_db=None,
-              min_top1_agreement=None, on_mismatch="raise", allow_float_ops=False, verbose=False):
+              min_top1_agreement=None, on_mismatch="raise", allow_float_ops=False, keep_float=None,
+              int16_activations=None, verbose=False):
     """Converts a Keras 3 model to TFLite and checks the file against the model.
 
     A QAT model (from `kopt.quantization`) converts to int8 with the ranges it
@@ -194,11 +260,23 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
             outputs; default by mode and source.
         on_mismatch: "raise" (default) or "warn" when validation fails.
         allow_float_ops: in "int8" mode, accept float ops left by the converter.
+        keep_float: Keras layer names or regular expressions (matched in full) of layers to keep float in "int8"
+            mode (mixed precision, e.g. the first rows of `kopt.analysis.sensitivity`). Layers inside nested
+            models and custom layers can be named. Their ops compute in float between DEQUANTIZE and QUANTIZE
+            ops (TFLite's selective quantization: `QuantizationDebugOptions(denylisted_nodes=...)`); the rest
+            stays int8 with the same calibration. `.mixed_precision` lists the ops that are not int8 and what
+            they cost against the all-int8 file (size; latency measured in the same run). Inputs and outputs
+            must both be int8 or both float32. For a QAT model, the layers must be ones QAT left float
+            (`quantize_model(..., float_layers=[...])`); their float ops are then accepted.
+        int16_activations: layers to run with int16 activations. TFLite's converter gives every activation of
+            a file one type, so it is the whole model or nothing: pass quantization="int16x8" (and no
+            `int16_activations`) for int16 activations everywhere; a list raises a ValueError that says so.
         verbose: print the validation report.
 
     Returns:
         The model as `TFLiteModel` bytes, with `.report` (a `ValidationReport`
-        or None) and `.path`.
+        or None), `.path`, and `.mixed_precision` (a
+        `kopt.convert.mixed_precision.MixedPrecisionReport` with `keep_float`, else None).
 
     Raises:
         ValueError: bad arguments or data; a QAT model whose activation ranges
@@ -224,8 +302,18 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     data = {"a": np.random.rand(64, 4).astype("float32"), "b": np.random.rand(64, 3).astype("float32")}
     tflite = kopt.convert.to_tflite(two, representative_data=data, min_top1_agreement=0.5)
     ```
+
+    Mixed precision: the last layer kept float, the rest int8.
+
+    ```python
+    data = np.random.rand(64, 8).astype("float32")
+    tflite = kopt.convert.to_tflite(model, representative_data=data, keep_float=[model.layers[-1].name],
+                                    min_top1_agreement=0.5)
+    print(tflite.mixed_precision)
+    ```
     """
     _check_arguments(model, path, quantization, input_type, output_type, on_mismatch, max_samples)
+    keep_float = _check_mixed(keep_float, int16_activations, quantization, input_type, output_type)
     model = as_float32(model)  # trained under mixed precision: export (and validate) in float32
     integer_mode = quantization in ("int8", "int16x8")
     default_type = {"int8": "int8", "int16x8": "int16"}.get(quantization, "float32")
@@ -272,11 +360,20 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
         spec.name: s for spec, s in zip(data_lib.model_inputs(converted), calibration)}
     calibrating = f", calibrating on {data_lib.count(calibration)} samples" if calibration is not None else ""
     logger.info("converting '%s' to %s%s", model.name, quantization or "float32", calibrating)
-    content = _convert(converted, quantization, named, input_type, output_type)
+    mixed = None
+    if keep_float and not qat:
+        content, mixed = _convert_mixed(converted, calibration, keep_float, input_type == "int8", held)
+    else:
+        content = _convert(converted, quantization, named, input_type, output_type)
+        if keep_float:
+            mixed = _qat_mixed(model, converted, content, keep_float)
     logger.info("converted: %s bytes", f"{len(content):,}")
 
     if quantization == "int8" and not allow_float_ops:
         float_ops = litert.inspect_tflite(content).float_ops
+        if mixed is not None:  # the kept layers' ops, and the QUANTIZE/DEQUANTIZE around them
+            kept = {op["tensor"] for op in mixed.ops if set(op["layers"]) & set(mixed.kept_float)}
+            float_ops = [(op, name) for op, name in float_ops if name not in kept and op != "DEQUANTIZE"]
         if float_ops:
             raise ConversionError(_float_ops_message(float_ops, qat, calibration is not None),
                                   ops=sorted({op for op, _ in float_ops}),
@@ -292,6 +389,9 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
 
     result = TFLiteModel(content)
     result.report = report
+    result.mixed_precision = mixed
+    if verbose and mixed is not None:
+        print(mixed)
     if path is not None:
         write_atomically(path, content)
         result.path = os.fspath(path)

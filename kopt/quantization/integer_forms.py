@@ -139,7 +139,7 @@ def with_integer_forms(model):
     rewritten = kopt.quantization.with_integer_forms(model)
     ```
     """
-    from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers
+    from kopt._keras.clone import copy_layer, is_graph_model, rewrite_model, walk_layers, with_input_names
 
     if not is_graph_model(model) or not any(integer_form(layer) is not None for layer in walk_layers(model)):
         return model
@@ -148,15 +148,7 @@ def with_integer_forms(model):
         replacement = integer_form(layer)
         return copy_layer(layer) if replacement is None else replacement
 
-    rewritten = rewrite_model(model, replace)
-    if [t.name for t in rewritten.inputs] == [t.name for t in model.inputs]:
-        return rewritten
-    # An unnamed keras.Input names its tensor (the SavedModel signature key) apart from its layer, and the
-    # rewrite keeps the layer names: wrapped here so the signature keeps the model's own input names.
-    structure = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
-    inputs = keras.tree.map_structure(
-        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name), structure)
-    return keras.Model(inputs, rewritten(inputs), name=model.name)
+    return with_input_names(model, rewrite_model(model, replace))
 
 
 @contextlib.contextmanager

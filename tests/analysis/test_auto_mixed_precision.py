@@ -1,0 +1,99 @@
+"""`auto_mixed_precision`: a digits model that int8 costs real accuracy, and how much keeping layers float wins back.
+
+The truth is LiteRT: the chosen file runs in its interpreter here, and its accuracy is counted against the labels.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from kopt import analysis, quantization
+
+
+def _accuracy(content, x, y):
+    """Top-1 accuracy of the .tflite file on (x, y), run sample by sample in LiteRT."""
+    it = Interpreter(model_content=bytes(content))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    hits = 0
+    for sample, label in zip(x, y):
+        value = sample[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
+        it.set_tensor(inp["index"], value)
+        it.invoke()
+        hits += int(it.get_tensor(out["index"])[0].argmax() == label)
+    return hits / len(y)
+
+
+@pytest.fixture(scope="module")
+def outlier_digits(digits_data):
+    """A trained digits model whose 'logits' kernel has a huge row from a dead hidden unit: the float model is
+    unchanged, per-tensor int8 of 'logits' loses accuracy."""
+    (x_train, y_train), (x_test, y_test) = digits_data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(name="flat"),
+                              keras.layers.Dense(64, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, name="logits")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0: dead for inputs >= 0
+    model.get_layer("hidden").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[0, :] = 40.0
+    model.get_layer("logits").set_weights([kernel, bias])
+    return model, np.concatenate([x_train[:256], x_test]), np.concatenate([y_train[:256], y_test])
+
+
+def test_wins_back_the_accuracy_int8_loses(outlier_digits, tmp_path):
+    model, x, y = outlier_digits
+    path = tmp_path / "mixed.tflite"
+    result = analysis.auto_mixed_precision(model, (x, y), max_drop=0.01, path=path, max_samples=256)
+    held_x, held_y = x[256:512], y[256:512]
+    first, last = result.steps[0], result.steps[-1]
+    assert first.kept_float == [] and first.accuracy < result.float_accuracy - 0.02  # int8 loses real accuracy
+    assert result.met and result.kept_float == ["logits"] and last.accepted
+    # the chosen file, run here in LiteRT, is as accurate as the step said and within the target
+    assert _accuracy(path.read_bytes(), held_x, held_y) == pytest.approx(last.accuracy)
+    assert result.float_accuracy - _accuracy(path.read_bytes(), held_x, held_y) <= 0.01
+    assert result.file.mixed_precision.kept_float == ["logits"]
+    assert last.size_bytes > first.size_bytes and all(s.latency_ms > 0 for s in result.steps)
+    table = str(result)
+    assert "logits" in table and "(all int8)" in table
+    assert json.loads(json.dumps(result.to_dict()))["kept_float"] == ["logits"]
+    result.plot(tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_unreachable_target_is_reported_not_met(outlier_digits, caplog):
+    model, x, y = outlier_digits
+    with caplog.at_level("WARNING", logger="kopt"):
+        result = analysis.auto_mixed_precision(model, x[:300], min_sqnr=200, max_steps=2, budget="latency",
+                                               max_samples=200)
+    assert not result.met and len(result.steps) <= 3 and "not met" in caplog.text
+    assert result.steps[0].sqnr_db < 200 and "NOT met" in str(result)
+
+
+def test_bad_arguments(outlier_digits):
+    model, x, y = outlier_digits
+    cases = [
+        (dict(), "exactly one target"),
+        (dict(max_drop=0.01, min_sqnr=30), "exactly one target"),
+        (dict(max_drop=0.01), "needs labels"),
+        (dict(min_sqnr=30, budget="memory"), "`budget` must be one of"),
+        (dict(max_drop=1.5), "`max_drop` must be a fraction"),
+        (dict(min_sqnr=30, max_steps=0), "`max_steps` must be a positive integer"),
+    ]
+    for kwargs, message in cases:
+        data = x[:50] if kwargs.get("max_drop") != 1.5 else (x[:50], y[:50])
+        with pytest.raises(ValueError, match=message):
+            analysis.auto_mixed_precision(model, data, **kwargs)
+    qat = quantization.quantize_model(model)
+    with pytest.raises(ValueError, match="float_layers=result.kept_float"):
+        analysis.auto_mixed_precision(qat, x[:50], min_sqnr=30)
