@@ -214,7 +214,7 @@ def cluster(model, x, y=None, *, clusters, epochs, preserve_sparsity=False, batc
 
 
 def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None, learning_rate=None, seed=None,
-                   verbose=0, scheme=None, **fit_kwargs):
+                   verbose=0, scheme=None, float_layers=None, **fit_kwargs):
     """Fine-tunes `model` quantization-aware, keeping its zero weights at zero (the recipe's second half).
 
     Args:
@@ -229,6 +229,8 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
         verbose: as for `model.fit`.
         scheme: the quantization scheme (default `Default8BitPrunePreserveQuantizeScheme()`, PQAT); after
             `cluster`, `kopt.experimental.combine.Default8BitClusterPreserveQuantizeScheme()` keeps the clusters.
+        float_layers: layer names left float (not quantization-aware), e.g. the first of
+            `kopt.analysis.sensitivity(...).keep_float_candidates()`; convert with `to_tflite(keep_float=...)`.
         **fit_kwargs: passed to `model.fit`.
 
     Returns:
@@ -257,7 +259,8 @@ def quantize_aware(model, x, y=None, *, epochs, batch_size=None, reference=None,
     from kopt.experimental.combine import Default8BitPrunePreserveQuantizeScheme
 
     # tfmot's default scheme lets zeros change; the recipe's pruned model must stay pruned (PQAT).
-    qat = quantization.quantize_model(model, quantize_scheme=scheme or Default8BitPrunePreserveQuantizeScheme())
+    qat = quantization.quantize_model(model, quantize_scheme=scheme or Default8BitPrunePreserveQuantizeScheme(),
+                                      float_layers=float_layers)
     recompile_like(qat, reference, QAT_LEARNING_RATE_FACTOR, learning_rate)
     qat.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, **fit_kwargs)
     from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme, strip_clustering_cqat

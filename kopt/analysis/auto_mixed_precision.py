@@ -165,9 +165,7 @@ def auto_mixed_precision(model, data, *, max_drop=None, min_sqnr=None, budget="s
     target = f"sqnr_db >= {min_sqnr}" if min_sqnr is not None else f"accuracy drop <= {max_drop}"
     steps, files = [], []
     with SelectiveQuantizer(with_integer_forms(model), calibration) as quantizer:
-        gain = {row.layer: row.sqnr_all_but_db - report.sqnr_all_db for row in report.rows}
-        ranked = [name for name in sorted(gain, key=lambda n: -gain[n] / costs.get(n, 1))
-                  if name in quantizer.layers and gain[name] > 0]
+        ranked = [name for name in report.keep_float_candidates(costs) if name in quantizer.layers]
         kept = []
         content = quantizer.quantize(kept)
         sqnr, accuracy = _measure(content, keys, held, inputs, references, held_labels)

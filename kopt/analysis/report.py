@@ -112,6 +112,30 @@ class SensitivityReport:
                          f"{_db(r.sqnr_all_but_db):>12}  {out:>21}  {kept:>21}  {rmse:>10}")
         return "\n".join(lines)
 
+    def keep_float_candidates(self, costs=None):
+        """The layers worth keeping float, best first: by how much the output SQNR rises when only that layer is
+        left float (`sqnr_all_but_db - sqnr_all_db`), divided by its cost when `costs` is given. Layers whose
+        float copy does not help, and the ranges of plain operations (not layers), are left out.
+
+        Args:
+            costs: optional `{layer name: cost}` (e.g. weights, for size); missing names cost 1.
+
+        Returns:
+            A list of layer names, for `to_tflite(keep_float=...)` or `quantize_model(float_layers=...)`.
+
+        Example:
+
+        ```python
+        report = kopt.analysis.sensitivity(model, x, debugger=False)
+        worst_two = report.keep_float_candidates()[:2]
+        ```
+        """
+        costs = costs or {}
+        gain = {r.layer: r.sqnr_all_but_db - self.sqnr_all_db for r in self.rows
+                if r.layer_class != "operation" and math.isfinite(self.sqnr_all_db)}
+        return [name for name in sorted(gain, key=lambda n: (-gain[n] / max(costs.get(n, 1), 1e-12), n))
+                if gain[name] > 0]
+
     def to_dict(self):
         """The report as plain Python values for `json.dump` (infinite SQNRs, i.e. no error at all, become None)."""
         return {"mode": self.mode, "source": self.source, "samples": self.samples, "seconds": self.seconds,

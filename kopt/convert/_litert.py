@@ -42,6 +42,16 @@ def _ops(it):
     return it._get_ops_details()
 
 
+def op_outputs(tflite):
+    """`[(op name, [output tensor names])]` of a .tflite file, in execution order (without allocating it: a
+    calibrated float model whose shapes are open lists its ops too)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=read_model(tflite))
+    details = it.get_tensor_details()
+    return [(op["op_name"], [details[i]["name"] for i in op["outputs"]]) for op in _ops(it)]
+
+
 @dataclasses.dataclass
 class TFLiteInfo:
     """What `kopt.convert.inspect` finds in a .tflite file."""

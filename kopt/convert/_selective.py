@@ -15,6 +15,7 @@ import re
 import keras
 
 from kopt.convert import _data as data_lib
+from kopt.convert import _litert as litert
 
 logger = logging.getLogger("kopt")
 
@@ -137,13 +138,10 @@ class SelectiveQuantizer:
             matches = [j for j, n in enumerate(names) if n in detail["name"]]
             order.append(matches[-1] if matches else len(order))
         # Every op of the calibrated (float) model: its output tensors and the Keras layers they belong to.
-        it = Interpreter(model_content=self.debugger.calibrated_model)
-        details = it.get_tensor_details()
         self.ops = []
-        for op in it._get_ops_details():  # the op list; TFLite's own debugger reads it the same way
-            tensors = [details[i]["name"] for i in op["outputs"]]
+        for op, tensors in litert.op_outputs(self.debugger.calibrated_model):
             layers = [name for t in tensors for name in layers_in(t, self.codes)]
-            self.ops.append({"op": op["op_name"], "tensors": tensors, "layers": list(dict.fromkeys(layers))})
+            self.ops.append({"op": op, "tensors": tensors, "layers": list(dict.fromkeys(layers))})
         self.layers = list(dict.fromkeys(name for op in self.ops for name in op["layers"]))
 
     def close(self):

@@ -14,6 +14,11 @@ list of values, or (for "sparsity" and "temperature") searched over a
   (`kopt.recipe.cluster`, after pruning, keeping its zeros; then "prune_epochs" of fine-tuning), an integer >= 3,
   or 0 for no clustering. Default 0 (not searched); a list searches, e.g. `[0, 16, 32]`. An int8 QAT trial then
   keeps the clusters (`Default8BitClusterPreserveQuantizeScheme`).
+- "float_layers": for "int8", how many of the layers int8 hurts most stay float (mixed precision): an integer
+  >= 0. `kopt.analysis.sensitivity` ranks the trained (pruned, clustered) model's layers
+  (`SensitivityReport.keep_float_candidates`); a QAT trial leaves them out of QAT
+  (`quantize_model(float_layers=...)`), and the file keeps them float (`to_tflite(keep_float=...)`). Default 0
+  (not searched); a list searches, e.g. `[0, 1, 2]`.
 - "quantization": "int8", "int16x8", "float16", "dynamic" or None (float32).
   Default: all but "int16x8".
 - "qat": for "int8", quantization-aware fine-tuning (True) or post-training
@@ -47,6 +52,7 @@ DEFAULT_COMPRESSION = {
     "sparsity": (0.0, 0.9, 0.1),
     "channels": 0.0,
     "clusters": 0,
+    "float_layers": 0,
     "quantization": ["int8", "float16", "dynamic", None],
     "qat": [True, False],
     "prune_epochs": 2,
@@ -57,7 +63,7 @@ DEFAULT_COMPRESSION = {
 }
 
 _RANGED = ("sparsity", "channels", "temperature")
-_SEARCHABLE = ("sparsity", "channels", "clusters", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation",
+_SEARCHABLE = ("sparsity", "channels", "clusters", "float_layers", "quantization", "qat", "prune_epochs", "qat_epochs", "distillation",
                "temperature")
 
 
@@ -96,6 +102,9 @@ def _check_value(key, value):
     elif key == "clusters":
         ok = isinstance(value, int) and not isinstance(value, bool) and (value == 0 or value >= 3)
         fix = "0 (no clustering) or an integer >= 3 (one cluster may hold a pruned model's zeros), e.g. 16"
+    elif key == "float_layers":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        fix = "an integer >= 0 (how many of the most int8-sensitive layers stay float), e.g. [0, 1, 2]"
     elif key in ("qat", "distillation"):
         ok = isinstance(value, bool)
         fix = "True or False (or [True, False] to search both)"
@@ -177,6 +186,8 @@ def declare(hp, space):
     if "int8" in _values("quantization", space["quantization"]):
         with hp.conditional_scope(PREFIX + "quantization", ["int8"]):
             choose("qat")
+            if isinstance(space["float_layers"], (list, tuple)) or space["float_layers"]:
+                choose("float_layers")
     if space["teacher"] is not None:
         choose("distillation")
         if True in _values("distillation", space["distillation"]):
@@ -203,6 +214,7 @@ def trial_compression(hyperparameters, space):
         "clusters": int(get("clusters")),
         "quantization": quantization,
         "qat": quantization == "int8" and bool(get("qat")),
+        "float_layers": int(get("float_layers")) if quantization == "int8" else 0,
         "distillation": distillation,
         "temperature": float(get("temperature")) if distillation else None,
         "prune_epochs": int(get("prune_epochs")),
@@ -220,6 +232,8 @@ def label(compression):
     mode = compression["quantization"] or "float32"
     if mode == "int8":
         mode += " QAT" if compression["qat"] else " PTQ"
+        if compression.get("float_layers"):
+            mode += f", {compression['float_layers']} layer{'s' if compression['float_layers'] > 1 else ''} float"
     parts.append(mode)
     if compression.get("distillation"):
         parts.append(f"distilled T={compression['temperature']:g}")

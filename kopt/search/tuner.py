@@ -3,6 +3,7 @@
 import copy
 import gzip
 import json
+import logging
 import os
 import time
 
@@ -14,6 +15,8 @@ from kopt.search import compression as compression_module
 from kopt.search._memory import released_traces
 from kopt.search.pareto import DIRECTIONS, check_objectives, pareto_front
 from kopt.search.results import METRICS, TrialResult, format_line, format_table
+
+logger = logging.getLogger("kopt")
 
 ORACLES = ("random", "bayesian", "hyperband")
 _FAIL_FAST = 3  # the search stops when this many trials failed and none completed
@@ -165,7 +168,7 @@ class CompressionTuner(keras_tuner.Tuner):
             returning a compiled classifier Keras model, or a
             `keras_tuner.HyperModel` (its `fit` is used for the main training).
         compression: the compression space (see `kopt.search.compression`):
-            a dict with keys "sparsity", "channels", "clusters", "quantization", "qat",
+            a dict with keys "sparsity", "channels", "clusters", "float_layers", "quantization", "qat",
             "prune_epochs", "qat_epochs", "teacher", "distillation" and
             "temperature", each a
             value, a list of values to search, or a `(low, high[, step])`
@@ -359,16 +362,17 @@ class CompressionTuner(keras_tuner.Tuner):
         model = self._try_build(trial.hyperparameters)
         with maybe_distribute(self.distribution_strategy):
             self._train(trial, model, compression, folder, x, y, validation_data, fit_kwargs)
-            final = self._compress(model, compression, x, y, fit_kwargs)
+            final, kept = self._compress(model, compression, x, y, fit_kwargs)
 
         mode = compression["quantization"]
         x_val, y_val = self._validation
         path = os.path.join(folder, _TFLITE)
+        keep_float = kept or None  # mixed precision: the layers int8 hurts most stay float
         if mode == "int8" and compression["qat"]:  # a QAT model: the converter reads its learned ranges
-            tflite = convert.to_tflite(final, path, validation_data=x_val)
+            tflite = convert.to_tflite(final, path, validation_data=x_val, keep_float=keep_float)
         elif mode in ("int8", "int16x8"):
             tflite = convert.to_tflite(final, path, quantization=mode, representative_data=_inputs_only(x),
-                                       validation_data=x_val)
+                                       validation_data=x_val, keep_float=keep_float)
         else:
             tflite = convert.to_tflite(final, path, quantization=mode, validation_data=x_val)
         if not getattr(final, "compiled", False):  # a stripped model: saved ready to evaluate or fine-tune
@@ -383,7 +387,8 @@ class CompressionTuner(keras_tuner.Tuner):
         }
 
     def _compress(self, model, compression, x, y, fit_kwargs):
-        """The trained model pruned (channels, then weights), clustered and made quantization-aware, as the trial says.
+        """The trained model pruned (channels, then weights), clustered and made quantization-aware, as the trial says,
+        and the layers kept float (mixed precision).
 
         Weight pruning, clustering and QAT are `kopt.recipe`'s (as in `kopt demo` and the model zoo); QAT keeps the
         zeros, and the clusters of a clustered trial.
@@ -409,10 +414,18 @@ class CompressionTuner(keras_tuner.Tuner):
             from kopt.experimental.combine import Default8BitClusterPreserveQuantizeScheme
 
             scheme = Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=compression["sparsity"] > 0)
+        kept = []
+        if compression["quantization"] == "int8" and compression.get("float_layers"):
+            from kopt import analysis
+
+            report = analysis.sensitivity(final, _inputs_only(x), debugger=False)
+            kept = report.keep_float_candidates()[:compression["float_layers"]]
+            logger.info("trial keeps float: %s", ", ".join(kept) or "(no layer gains from it)")
         if compression["quantization"] == "int8" and compression["qat"]:
             final = recipe.quantize_aware(final, x, y, epochs=compression["qat_epochs"], reference=model,
-                                          verbose=self._fit_verbose(), scheme=scheme, **tune)
-        return final
+                                          verbose=self._fit_verbose(), scheme=scheme, float_layers=kept or None,
+                                          **tune)
+        return final, kept
 
     def _record(self, folder, seconds, error):
         with open(os.path.join(folder, _RECORD), "w") as f:

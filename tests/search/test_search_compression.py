@@ -124,6 +124,7 @@ def test_teacher_adds_distillation_and_temperature():
     values = c.trial_compression({"compression/distillation": True, "compression/temperature": 2.0,
                                   "compression/quantization": "none", "compression/sparsity": 0.5}, space)
     assert values == {"sparsity": 0.5, "channels": 0.0, "clusters": 0, "quantization": None, "qat": False,
+                      "float_layers": 0,
                       "distillation": True, "temperature": 2.0, "prune_epochs": 2, "qat_epochs": 1}
     assert c.label(values) == "50% sparse, float32, distilled T=2"
 
@@ -163,3 +164,20 @@ def test_validation_datasets_batched_or_not():
         got_x, got_y = c.as_arrays(dataset, "validation_data")
         np.testing.assert_array_equal(got_x, x)
         np.testing.assert_array_equal(got_y, one_hot)
+
+
+def test_float_layers_is_searched_only_for_int8():
+    space = c.resolve_compression({"quantization": ["float16", "int8"], "float_layers": [0, 2]})
+    hp = _declared(space)
+    hp.values["compression/quantization"] = "float16"
+    assert not hp.is_active("compression/float_layers")
+    hp.values["compression/quantization"] = "int8"
+    assert hp.is_active("compression/float_layers")
+    values = c.trial_compression({"compression/quantization": "int8", "compression/qat": False,
+                                  "compression/float_layers": 2}, space)
+    assert values["float_layers"] == 2 and c.label(values).endswith("int8 PTQ, 2 layers float")
+    assert c.trial_compression({"compression/quantization": "float16", "compression/float_layers": 2},
+                               space)["float_layers"] == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"compression\['float_layers'\]"):
+            c.resolve_compression({"float_layers": bad})

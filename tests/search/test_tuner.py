@@ -445,3 +445,37 @@ def test_trials_train_under_the_distribution_strategy(digits, tmp_path, monkeypa
     assert result.metrics["accuracy"] > 0.6 and os.path.getsize(result.path) == result.metrics["size"]
     assert len(fits) == 3, fits  # trained, pruned, QAT
     assert all(in_scope and mirrored for _, in_scope, mirrored in fits), fits
+
+
+def small_cnn(hp):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(10, name="logits")])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def test_the_number_of_layers_kept_float_is_searched(digits, tmp_path):
+    from kopt import analysis
+
+    (x, y), (x_val, y_val) = digits
+    tuner = CompressionTuner(small_cnn, compression={"float_layers": [0, 1], "sparsity": 0.0, "quantization": "int8",
+                                                     "qat": False},
+                             max_trials=2, seed=3, directory=tmp_path, latency_runs=2)
+    tuner.search(x[:512], y[:512], epochs=1, batch_size=64, validation_data=(x_val, y_val), verbose=0)
+    by_count = {r.compression["float_layers"]: r for r in tuner.results() if r.completed}
+    assert set(by_count) == {0, 1}
+    assert "1 layer float" in by_count[1].label and "float" not in by_count[0].label.replace("float32", "")
+
+    def float_ops(result):  # the compute ops of the trial's file that LiteRT runs in float
+        interpreter = Interpreter(model_path=str(result.path))
+        details = interpreter.get_tensor_details()
+        return [op["op_name"] for op in interpreter._get_ops_details()
+                if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")
+                and details[op["outputs"][0]]["dtype"] == np.float32]
+
+    assert float_ops(by_count[0]) == []
+    # the layer kept float is the first candidate of the trial's own sensitivity analysis (same model, same data)
+    final = tuner.load_model(tuner.oracle.get_trial(by_count[1].trial_id))
+    first = analysis.sensitivity(final, x[:512], debugger=False).keep_float_candidates()[0]
+    assert float_ops(by_count[1]) == [{"conv": "CONV_2D", "logits": "FULLY_CONNECTED"}[first]]
