@@ -23,7 +23,7 @@ _EXAMPLES = {
     "bench": "kopt bench model_int8.tflite --threads 2 --runs 100",
     "eval": "kopt eval model_int8.tflite --x x_test.npy --y y_test.npy",
     "onnx": "kopt onnx model.keras -o model.onnx --validation x_test.npy",
-    "analyze": "kopt analyze model.keras --data x_test.npy --top 10",
+    "analyze": "kopt analyze model.keras --data x_test.npy --labels y_test.npy --max-drop 0.01",
 }
 _QUANTIZATION = ("int8", "int16x8", "float16", "dynamic", "none")
 _TYPES = ("int8", "uint8", "int16", "float32")
@@ -164,12 +164,12 @@ def _load_model(path):
         return keras.models.load_model(path, compile=False)
 
 
-def _check_output(path, suffix):
+def _check_output(path, suffix, option="-o"):
     folder = os.path.dirname(os.path.abspath(path))
     if not path.endswith(suffix):
-        raise _UsageError(f"-o {path!r}: the output file must end in {suffix}.")
+        raise _UsageError(f"{option} {path!r}: the output file must end in {suffix}.")
     if not os.path.isdir(folder):
-        raise _UsageError(f"-o {path!r}: the folder {folder!r} does not exist. Create it first.")
+        raise _UsageError(f"{option} {path!r}: the folder {folder!r} does not exist. Create it first.")
 
 
 def _check_file(path, suffixes, what="FILE"):
@@ -326,9 +326,53 @@ def _check_plot(path):
         raise _UsageError(f"--plot {path!r}: the folder {folder!r} does not exist. Create it first.")
 
 
+def _check_mixed_precision(args):
+    """The mixed-precision options of `kopt analyze`, checked before any slow work: the output path, or None."""
+    target = args.max_drop is not None or args.min_sqnr is not None
+    if args.max_drop is not None and args.min_sqnr is not None:
+        raise _UsageError("--max-drop and --min-sqnr are two targets for the mixed-precision file; give one.")
+    if args.max_drop is not None and args.labels is None:
+        raise _UsageError("--max-drop compares top-1 accuracies, so it needs --labels Y.npy (one label per --data "
+                          "sample). Or use --min-sqnr DB.")
+    if not target:
+        given = [option for option, value in (("--labels", args.labels), ("--output", args.output),
+                                              ("--budget", args.budget), ("--max-steps", args.max_steps))
+                 if value is not None]
+        if given:
+            raise _UsageError(f"{given[0]} is used only for the mixed-precision file: add --max-drop FRACTION or "
+                              "--min-sqnr DB.")
+        return None
+    output = args.output or os.path.splitext(args.model)[0] + "_mixed.tflite"
+    _check_output(output, ".tflite", "--output")
+    return output
+
+
+def _load_labels(path, data):
+    """The --labels array: one integer class id or one-hot row per --data sample."""
+    import numpy as np
+
+    labels = _load_data(path, "--labels")
+    if isinstance(labels, dict):
+        raise _UsageError(f"--labels {path!r}: expected one .npy array of labels, not a .npz of several.")
+    if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
+        raise _UsageError(f"--labels {path!r} must be numeric (integer class ids or one-hot rows), got "
+                          f"{labels.dtype}.")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim not in (1, 2):
+        raise _UsageError(f"--labels {path!r} has shape {labels.shape}: expected (n,) class ids or (n, classes) "
+                          "one-hot rows.")
+    samples = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+    if len(labels) != samples:
+        raise _UsageError(f"--labels {path!r} has {len(labels)} labels but --data has {samples} samples; give one "
+                          "label per sample.")
+    return labels
+
+
 def _analyze(args):
     plot = args.plot or os.path.splitext(args.model)[0] + "_sensitivity.png"
     _check_plot(plot)
+    output = _check_mixed_precision(args)
     model = _load_model(args.model)
     data = _load_data(args.data, "--data", model)
     from kopt import analysis
@@ -339,16 +383,39 @@ def _analyze(args):
                                           args.max_samples)
     except ValueError as error:
         raise _UsageError(str(error).replace("`", "")) from None
+    labels = None if args.labels is None else _load_labels(args.labels, data)
     with _Step(f"measuring int8 sensitivity layer by layer on {data_lib.count(samples)} samples"):
         report = analysis.sensitivity(model, samples[0] if len(samples) == 1 else samples,
                                       max_samples=args.max_samples)
     shown = dataclasses.replace(report, rows=report.rows[:args.top]) if args.top else report
     shown.plot(plot)
+    result = steps_plot = None
+    if output is not None:
+        if not args.json:  # the table first: the search takes longer
+            print(shown)
+            print(f"wrote {plot}")
+        target = f"--max-drop {args.max_drop}" if args.max_drop is not None else f"--min-sqnr {args.min_sqnr}"
+        with _Step(f"choosing the layers to keep float ({target}, budget {args.budget or 'size'})"):
+            result = analysis.auto_mixed_precision(
+                model, data if labels is None else (data, labels), max_drop=args.max_drop, min_sqnr=args.min_sqnr,
+                budget=args.budget or "size", path=output, max_steps=args.max_steps or 12,
+                max_samples=args.max_samples)
+        steps_plot = os.path.splitext(args.plot)[0] + "_mixed_precision" + os.path.splitext(args.plot)[1] \
+            if args.plot else os.path.splitext(args.model)[0] + "_mixed_precision.png"
+        result.plot(steps_plot)
     if args.json:
-        print(json.dumps({"model": args.model, **shown.to_dict(), "plot": plot}, indent=2, default=str))
+        info = {"model": args.model, **shown.to_dict(), "plot": plot}
+        if result is not None:
+            info["mixed_precision"] = {**result.to_dict(), "path": output, "plot": steps_plot}
+        print(json.dumps(info, indent=2, default=str))
         return
-    print(shown)
-    print(f"wrote {plot}")
+    if result is None:
+        print(shown)
+        print(f"wrote {plot}")
+        return
+    print(result)
+    print(f"wrote {output} ({len(result.file):,} bytes)")
+    print(f"wrote {steps_plot}")
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -445,7 +512,8 @@ def build_parser():
     onnx.set_defaults(run=_onnx)
 
     analyze = command("analyze", "which layers int8 quantization hurts: each layer's output SQNR, a table and "
-                                 "a bar chart (kopt.analysis.sensitivity)")
+                                 "a bar chart (kopt.analysis.sensitivity); with --max-drop or --min-sqnr, also an "
+                                 "int8 file keeping the most hurt layers float (kopt.analysis.auto_mixed_precision)")
     analyze.add_argument("model", metavar="MODEL", help="a .keras model file (float, or QAT after fit)")
     analyze.add_argument("--data", required=True, metavar="X.npy|DIR",
                          help="typical inputs: .npy, .npz (one array per input name), or a folder of .npy files or "
@@ -455,7 +523,23 @@ def build_parser():
                          "MODEL_sensitivity.png next to the model; .png, .svg or .pdf)")
     analyze.add_argument("--top", type=_positive, metavar="K",
                          help="show only the K most sensitive layers (table, JSON and chart; default all)")
-    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table (the mixed-precision "
+                         "result under \"mixed_precision\")")
+    analyze.add_argument("--max-drop", type=_fraction, metavar="FRACTION",
+                         help="also write a mixed-precision int8 file that loses at most FRACTION top-1 accuracy "
+                              "against the float model (e.g. 0.01; needs --labels)")
+    analyze.add_argument("--min-sqnr", type=float, metavar="DB",
+                         help="or: also write a mixed-precision int8 file whose output SQNR against the float model "
+                              "is at least DB (e.g. 30)")
+    analyze.add_argument("--labels", metavar="Y.npy", help="one label per --data sample: integer class ids or "
+                         "one-hot rows (for --max-drop)")
+    analyze.add_argument("--budget", choices=("size", "latency"),
+                         help="the cost kept low when choosing layers to keep float (default size)")
+    analyze.add_argument("--max-steps", type=_positive, metavar="N",
+                         help="most files tried after the all-int8 one (default 12)")
+    analyze.add_argument("--output", metavar="PATH.tflite", help="the mixed-precision file (default: "
+                         "MODEL_mixed.tflite next to the model; its steps chart goes next to the sensitivity chart "
+                         "as *_mixed_precision.png)")
     analyze.set_defaults(run=_analyze)
     return parser
 

@@ -1,10 +1,13 @@
-"""`kopt analyze`: the sensitivity table, JSON and plot of a saved model, against `kopt.analysis.sensitivity`."""
+"""`kopt analyze`: the sensitivity table, JSON and plot of a saved model, against `kopt.analysis.sensitivity`;
+with --max-drop, the mixed-precision file of `kopt.analysis.auto_mixed_precision`, read back in LiteRT."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 from kopt import analysis, cli
 
@@ -82,3 +85,79 @@ def test_bad_input_is_one_line_with_exit_code_2(files, capsys, argv, message):
     assert code == 2
     assert message.format(folder=folder) in err.splitlines()[-1]
     assert "Traceback" not in err and not out
+
+
+@pytest.fixture(scope="module")
+def outlier_files(tmp_path_factory, digits_data):
+    """A digits model whose 'logits' kernel has a huge row from a dead hidden unit (the float model is unchanged,
+    per-tensor int8 of 'logits' loses accuracy; as in tests/analysis/test_auto_mixed_precision.py), saved as
+    .keras with its inputs and integer labels as .npy."""
+    (x_train, y_train), (x_test, y_test) = digits_data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(name="flat"),
+                              keras.layers.Dense(64, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, name="logits")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0: dead for inputs >= 0
+    model.get_layer("hidden").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[0, :] = 40.0
+    model.get_layer("logits").set_weights([kernel, bias])
+    folder = tmp_path_factory.mktemp("analyze_mixed")
+    model.save(folder / "model.keras")
+    np.save(folder / "x.npy", np.concatenate([x_train[:256], x_test]))
+    np.save(folder / "y.npy", np.concatenate([y_train[:256], y_test]))
+    np.save(folder / "y_short.npy", y_test[:10])
+    return folder
+
+
+def _op_dtypes(path):
+    """[(op name, output dtype name)] of the .tflite file, read with LiteRT."""
+    it = Interpreter(model_path=str(path))
+    details = it.get_tensor_details()
+    return [(op["op_name"], np.dtype(details[op["outputs"][0]]["dtype"]).name) for op in it._get_ops_details()]
+
+
+def test_max_drop_writes_a_file_with_the_outlier_layer_kept_float(outlier_files, capsys):
+    folder = outlier_files
+    code, out, err = _run(capsys, "analyze", folder / "model.keras", "--data", folder / "x.npy", "--labels",
+                          folder / "y.npy", "--max-drop", 0.01, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    mixed = result["mixed_precision"]
+    assert mixed["kept_float"] == ["logits"] and mixed["met"] is True, mixed
+    assert mixed["target"] == "accuracy drop <= 0.01" and mixed["budget"] == "size"
+    assert mixed["steps"][0]["kept_float"] == [] and mixed["steps"][0]["accuracy"] < mixed["float_accuracy"] - 0.02
+    output = folder / "model_mixed.tflite"
+    assert mixed["path"] == str(output) and output.is_file()
+    assert (folder / "model_mixed_precision.png").read_bytes()[:8] == _PNG
+    assert mixed["plot"] == str(folder / "model_mixed_precision.png")
+    assert {row["layer"] for row in result["rows"]} == {"conv", "hidden", "logits"}  # the sensitivity table too
+    ops = _op_dtypes(output)
+    fully_connected = [dtype for name, dtype in ops if name == "FULLY_CONNECTED"]
+    assert fully_connected == ["int8", "float32"], ops  # 'hidden' int8, 'logits' computed in float
+    assert [dtype for name, dtype in ops if name == "CONV_2D"] == ["int8"], ops
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-drop", "0.01"], "--max-drop compares top-1 accuracies, so it needs --labels"),
+    (["--max-drop", "0.01", "--min-sqnr", "30", "--labels", "{folder}/y.npy"], "--max-drop and --min-sqnr are two"),
+    (["--max-drop", "0.01", "--labels", "{folder}/y_short.npy"],
+     "--labels '{folder}/y_short.npy' has 10 labels but --data has"),
+    (["--min-sqnr", "30", "--output", "{tmp}/mixed.onnx"], "--output '{tmp}/mixed.onnx': the output file must end in "
+                                                           ".tflite"),
+    (["--min-sqnr", "30", "--output", "{tmp}/no/mixed.tflite"], "does not exist. Create it first"),
+    (["--labels", "{folder}/y.npy"], "--labels is used only for the mixed-precision file: add --max-drop"),
+])
+def test_bad_mixed_precision_options_are_one_line_with_exit_code_2(outlier_files, capsys, tmp_path, argv, message):
+    folder = outlier_files
+    shutil.copy(folder / "model.keras", tmp_path / "model.keras")  # the default chart and file would go here
+    code, out, err = _run(capsys, "analyze", tmp_path / "model.keras", "--data", folder / "x.npy",
+                          *[a.format(folder=folder, tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert message.format(folder=folder, tmp=tmp_path) in err.splitlines()[-1]
+    assert "Traceback" not in err and not out
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # no chart, no .tflite
