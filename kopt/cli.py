@@ -398,7 +398,7 @@ def _analyze(args):
         with _Step(f"choosing the layers to keep float ({target}, budget {args.budget or 'size'})"):
             result = analysis.auto_mixed_precision(
                 model, data if labels is None else (data, labels), max_drop=args.max_drop, min_sqnr=args.min_sqnr,
-                budget=args.budget or "size", path=output, max_steps=args.max_steps or 12,
+                budget=args.budget or "size", path=output, max_steps=args.max_steps or 16,
                 max_samples=args.max_samples)
         steps_plot = os.path.splitext(args.plot)[0] + "_mixed_precision" + os.path.splitext(args.plot)[1] \
             if args.plot else os.path.splitext(args.model)[0] + "_mixed_precision.png"
@@ -536,7 +536,7 @@ def build_parser():
     analyze.add_argument("--budget", choices=("size", "latency"),
                          help="the cost kept low when choosing layers to keep float (default size)")
     analyze.add_argument("--max-steps", type=_positive, metavar="N",
-                         help="most files tried after the all-int8 one (default 12)")
+                         help="most files tried after the all-int8 one (default 16)")
     analyze.add_argument("--output", metavar="PATH.tflite", help="the mixed-precision file (default: "
                          "MODEL_mixed.tflite next to the model; its steps chart goes next to the sensitivity chart "
                          "as *_mixed_precision.png)")

@@ -1,7 +1,6 @@
 """`auto_mixed_precision`: keep the layers int8 hurts most float, one at a time, until a target is met."""
 
 import logging
-import math
 
 import numpy as np
 
@@ -75,17 +74,18 @@ def _measure(content, keys, samples, inputs, references, labels):
     return sqnr, accuracy
 
 
-def auto_mixed_precision(model, data, *, max_drop=None, min_sqnr=None, budget="size", path=None, max_steps=12,
+def auto_mixed_precision(model, data, *, max_drop=None, min_sqnr=None, budget="size", path=None, max_steps=16,
                          max_samples=256):
     """Converts `model` to int8 TFLite, keeping its most int8-sensitive layers float until a target is met.
 
     1. `kopt.analysis.sensitivity` ranks the layers: how much the output SQNR rises when only that layer is left
        float (`sqnr_all_but_db` over the all-int8 figure), divided by the layer's cost of staying float under
        `budget` (its weights for "size"; its weights times output positions, i.e. multiply-adds, for "latency").
-    2. One calibration of the model (TFLite's selective quantization, as `to_tflite(keep_float=...)`); then,
-       in that order, each layer is kept float in a new file, which runs in LiteRT on held samples. A layer
-       stays float only if the file got better (greedy with rejection); the search stops when the target is
-       met or after `max_steps` files.
+    2. One calibration of the model (TFLite's selective quantization, as `to_tflite(keep_float=...)`); then
+       files with the first 1, 2, 4, 8 ... ranked layers float, each run in LiteRT on held samples, until one
+       meets the target, and bisection down to the fewest layers that do (a layer at a time is not enough
+       where the error is spread over many layers, as in EfficientNetV2). At most `max_steps` files after the
+       all-int8 one; if none meets the target, the best one measured is kept.
     3. The chosen set is converted with `kopt.convert.to_tflite(..., keep_float=...)`, validated against the
        model, and written to `path`.
 
@@ -163,42 +163,57 @@ def auto_mixed_precision(model, data, *, max_drop=None, min_sqnr=None, budget="s
         return float_accuracy - accuracy <= max_drop + 1e-12
 
     target = f"sqnr_db >= {min_sqnr}" if min_sqnr is not None else f"accuracy drop <= {max_drop}"
-    steps, files = [], []
+    steps, files = {}, {}
     with SelectiveQuantizer(with_integer_forms(model), calibration) as quantizer:
         ranked = [name for name in report.keep_float_candidates(costs) if name in quantizer.layers]
-        kept = []
-        content = quantizer.quantize(kept)
-        sqnr, accuracy = _measure(content, keys, held, inputs, references, held_labels)
-        steps.append(MixedPrecisionStep([], None, True, sqnr, accuracy, len(content)))
-        files.append(content)
-        logger.info("mixed precision: all int8: %.1f dB%s", sqnr, "" if accuracy is None else f", {accuracy:.4f}")
-        best = (sqnr, accuracy)
-        for name in ranked[:max_steps]:
-            if met(*best):
-                break
-            content = quantizer.quantize(kept + [name])
-            sqnr, accuracy = _measure(content, keys, held, inputs, references, held_labels)
-            if accuracy is None:
-                better = sqnr > best[0] + 0.1
-            else:
-                better = accuracy > best[1] or (accuracy == best[1] and sqnr > best[0] + 0.1)
-            if better:
-                kept.append(name)
-                best = (sqnr, accuracy)
-            steps.append(MixedPrecisionStep(list(kept) if better else kept + [name], name, better, sqnr, accuracy,
-                                            len(content)))
-            files.append(content)
-            logger.info("mixed precision step %d: %s float: %.1f dB%s (%s)", len(steps) - 1, name, sqnr,
-                        "" if accuracy is None else f", {accuracy:.4f}", "kept" if better else "int8 again")
+
+        def evaluate(count):
+            """The file with the first `count` ranked layers float, measured (once per count)."""
+            if count not in steps:
+                content = quantizer.quantize(ranked[:count])
+                sqnr, accuracy = _measure(content, keys, held, inputs, references, held_labels)
+                steps[count] = MixedPrecisionStep(ranked[:count], ranked[count - 1] if count else None,
+                                                  met(sqnr, accuracy), sqnr, accuracy, len(content))
+                files[count] = content
+                logger.info("mixed precision file %d: %d layer(s) float%s: %.1f dB%s%s", len(steps), count,
+                            f" (last: {ranked[count - 1]})" if count else "", sqnr,
+                            "" if accuracy is None else f", accuracy {accuracy:.4f}",
+                            ", target met" if steps[count].met else "")
+            return steps[count].met
+
+        # The fewest of the ranked layers that meets the target: 0, 1, 2, 4 ... layers float until a file meets it,
+        # then bisection between the last count that did not and the first that did.
+        failing, passing = 0, None
+        if not evaluate(0):
+            count = 1
+            while count <= len(ranked) and len(steps) <= max_steps:
+                if evaluate(count):
+                    passing = count
+                    break
+                failing = count
+                count = len(ranked) if count < len(ranked) < 2 * count else 2 * count
+            while passing is not None and passing - failing > 1 and len(steps) <= max_steps:
+                middle = (failing + passing) // 2
+                if evaluate(middle):
+                    passing = middle
+                else:
+                    failing = middle
+        else:
+            passing = 0
+        if passing is None:  # not met: the best file measured (fewer layers float on a tie)
+            score = (lambda c: (steps[c].accuracy, steps[c].sqnr_db)) if held_labels is not None else (
+                lambda c: (steps[c].sqnr_db,))
+            passing = max(sorted(steps), key=score)
+        order = sorted(steps, key=lambda c: list(steps).index(c))  # in the order measured
         shapes = {spec.name: tuple(s.shape[1:]) for spec, s in zip(inputs, held)}
-        for step, latency in zip(steps, mixed_precision.interleaved_latency(files, shapes)):
-            step.latency_ms = latency
-    done = met(*best)
-    if not done:
-        logger.warning("auto_mixed_precision: %s is not met after %d files (%d layers kept float); raise max_steps "
-                       "or loosen the target", target, len(steps), len(kept))
-    kept = [name for name in quantizer.layers if name in kept]
+        for count, latency in zip(order, mixed_precision.interleaved_latency([files[c] for c in order], shapes)):
+            steps[count].latency_ms = latency
+    chosen = steps[passing]
+    if not chosen.met:
+        logger.warning("auto_mixed_precision: %s is not met after %d files (of %d candidate layers); the best file "
+                       "keeps %d float. Raise max_steps or loosen the target", target, len(steps), len(ranked),
+                       len(chosen.kept_float))
+    kept = [name for name in quantizer.layers if name in chosen.kept_float]
     file = to_tflite(model, path, representative_data=calibration, validation_data=held, keep_float=kept or None,
                      on_mismatch="warn")
-    return MixedPrecisionResult(file, kept, steps, target, done and not math.isnan(best[0]), float_accuracy,
-                                budget)
+    return MixedPrecisionResult(file, kept, [steps[c] for c in order], target, chosen.met, float_accuracy, budget)

@@ -12,8 +12,8 @@ class MixedPrecisionStep:
 
     Attributes:
         kept_float: the layers kept float in this file.
-        added: the layer this step tried to keep float (None for the all-int8 start).
-        accepted: whether the layer stayed kept (it raised the metric); a rejected step's layer is int8 again.
+        added: the lowest-ranked layer of `kept_float` (None for the all-int8 file).
+        met: whether this file meets the target.
         sqnr_db: the file's output SQNR against the float Keras model (worst output), on the evaluation samples.
         accuracy: the file's top-1 accuracy against the labels (None without labels).
         size_bytes: the file's size.
@@ -22,7 +22,7 @@ class MixedPrecisionStep:
 
     kept_float: list
     added: str
-    accepted: bool
+    met: bool
     sqnr_db: float
     accuracy: float
     size_bytes: int
@@ -52,19 +52,25 @@ class MixedPrecisionResult:
     float_accuracy: float = None
     budget: str = "size"
 
+    @property
+    def chosen(self):
+        """The `MixedPrecisionStep` of the chosen file."""
+        return next(s for s in self.steps if sorted(s.kept_float) == sorted(self.kept_float))
+
     def __str__(self):
         head = (f"Mixed precision ({'met' if self.met else 'NOT met'}: {self.target}; budget {self.budget}): "
                 f"{len(self.kept_float)} layer(s) kept float: {', '.join(self.kept_float) or '-'}")
         lines = [head]
         if self.float_accuracy is not None:
             lines.append(f"  float model accuracy {self.float_accuracy:.4f}")
-        lines.append(f"  {'step':<4} {'layer tried':<32} {'kept':<5} {'SQNR dB':>8} {'accuracy':>9} {'size B':>10} "
-                     f"{'latency ms':>11}")
+        lines.append(f"  {'file':<4} {'float':>5} {'last layer added':<32} {'met':<4} {'SQNR dB':>8} {'accuracy':>9} "
+                     f"{'size B':>10} {'latency ms':>11}")
         for i, step in enumerate(self.steps):
             accuracy = "-" if step.accuracy is None else f"{step.accuracy:.4f}"
             latency = "-" if step.latency_ms is None else f"{step.latency_ms:.3f}"
-            lines.append(f"  {i:<4} {(step.added or '(all int8)')[:32]:<32} {'yes' if step.accepted else 'no':<5} "
-                         f"{step.sqnr_db:>8.1f} {accuracy:>9} {step.size_bytes:>10,} {latency:>11}")
+            lines.append(f"  {i:<4} {len(step.kept_float):>5} {(step.added or '(all int8)')[:32]:<32} "
+                         f"{'yes' if step.met else 'no':<4} {step.sqnr_db:>8.1f} {accuracy:>9} {step.size_bytes:>10,} "
+                         f"{latency:>11}")
         return "\n".join(lines)
 
     def to_dict(self):
@@ -76,8 +82,9 @@ class MixedPrecisionResult:
                            for k, v in dataclasses.asdict(s).items()} for s in self.steps]}
 
     def plot(self, path):
-        """Writes the steps as a chart: the metric (accuracy with labels, else SQNR) against the cost the search
-        kept low (size, or latency when measured), the accepted steps joined, the chosen file marked.
+        """Writes the files measured as a chart: the metric (accuracy with labels, else SQNR) against the cost the
+        search kept low (size, or latency when measured), labelled with their number of float layers, the chosen
+        file marked.
 
         Args:
             path: the image file; its extension picks the format (.png, .svg, .pdf). Written atomically.
@@ -91,16 +98,17 @@ class MixedPrecisionResult:
         cost = [s.latency_ms if by_latency else s.size_bytes / 1024 for s in self.steps]
         labels = self.float_accuracy is not None
         metric = [s.accuracy if labels else s.sqnr_db for s in self.steps]
-        accepted = [i for i, s in enumerate(self.steps) if s.accepted]
-        ax.plot([cost[i] for i in accepted], [metric[i] for i in accepted], "-o", color="C0",
-                label="layers kept float (accepted)")
-        rejected = [i for i, s in enumerate(self.steps) if not s.accepted]
-        if rejected:
-            ax.plot([cost[i] for i in rejected], [metric[i] for i in rejected], "x", color="C3",
-                    label="tried, no gain (int8 again)")
-        for i in accepted:
+        order = sorted(range(len(self.steps)), key=lambda i: len(self.steps[i].kept_float))
+        ax.plot([cost[i] for i in order], [metric[i] for i in order], "-", color="0.7", lw=1)
+        for met, color, text in ((True, "C0", "meets the target"), (False, "C3", "does not")):
+            chosen = [i for i in order if self.steps[i].met == met]
+            if chosen:
+                ax.plot([cost[i] for i in chosen], [metric[i] for i in chosen], "o", color=color, label=text)
+        for i in order:
             ax.annotate(str(len(self.steps[i].kept_float)), (cost[i], metric[i]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
+        picked = self.steps.index(self.chosen)
+        ax.plot([cost[picked]], [metric[picked]], "*", color="k", markersize=12, label="chosen file")
         if labels:
             ax.axhline(self.float_accuracy, color="0.3", ls="--", lw=1, label="float model")
         ax.set_xlabel("latency (ms, 1 thread)" if by_latency else "file size (KiB)")

@@ -94,6 +94,59 @@ def layers_in(tensor, names):
     return found
 
 
+def resolve_layers(patterns, layers, model_name, argument):
+    """The names in `layers` (in their order) that `patterns` (names or regular expressions, matched in full)
+    select; a ValueError naming `argument` for a pattern that selects none."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"`{argument}` must be a list of layer names or regular expressions, got "
+                             f"{pattern!r} in it.")
+        if pattern in layers:
+            chosen.add(pattern)
+            continue
+        try:
+            matched = [name for name in layers if re.fullmatch(pattern, name)]
+        except re.error as error:
+            raise ValueError(f"`{argument}`: {pattern!r} is neither a layer name nor a valid regular "
+                             f"expression ({error}).") from None
+        if not matched:
+            shown = ", ".join(layers[:12]) + (" ..." if len(layers) > 12 else "")
+            raise ValueError(f"`{argument}`: {pattern!r} matches no layer of '{model_name}' that has ops "
+                             f"in the file. Layers with ops: {shown}.")
+        chosen.update(matched)
+    return [name for name in layers if name in chosen]
+
+
+def decode_name(tensor, codes):
+    """`tensor` (a name of a `coded_copy` export) with each layer code replaced by the layer's name."""
+    return re.sub(r"kopts\d+[xy]", lambda m: codes[m.group(0)], tensor)
+
+
+def decode_file(content, codes):
+    """The .tflite `content` of a `coded_copy` export with its tensors named after the Keras layers again."""
+    from tensorflow.lite.tools import flatbuffer_utils  # TFLite's own flatbuffer reader and writer
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.name:
+                tensor.name = decode_name(tensor.name.decode(), codes).encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def file_layers(content, codes):
+    """`[{"op", "tensors", "layers"}]` for every op of a `coded_copy` export's file, and the layer names with ops
+    (in graph order)."""
+    ops = []
+    for op, tensors in litert.op_outputs(content):
+        layers = [name for t in tensors for name in layers_in(t, codes)]
+        ops.append({"op": op, "tensors": tensors, "layers": list(dict.fromkeys(layers))})
+    return ops, list(dict.fromkeys(name for op in ops for name in op["layers"]))
+
+
 class SelectiveQuantizer:
     """A float model calibrated once for full-int8 TFLite; `quantize(keep_float)` makes its files.
 
@@ -138,11 +191,7 @@ class SelectiveQuantizer:
             matches = [j for j, n in enumerate(names) if n in detail["name"]]
             order.append(matches[-1] if matches else len(order))
         # Every op of the calibrated (float) model: its output tensors and the Keras layers they belong to.
-        self.ops = []
-        for op, tensors in litert.op_outputs(self.debugger.calibrated_model):
-            layers = [name for t in tensors for name in layers_in(t, self.codes)]
-            self.ops.append({"op": op, "tensors": tensors, "layers": list(dict.fromkeys(layers))})
-        self.layers = list(dict.fromkeys(name for op in self.ops for name in op["layers"]))
+        self.ops, self.layers = file_layers(self.debugger.calibrated_model, self.codes)
 
     def close(self):
         self._stack.close()
@@ -154,29 +203,8 @@ class SelectiveQuantizer:
         self.close()
 
     def resolve(self, patterns, argument="keep_float"):
-        """The layer names (in graph order) that `patterns` (names or regular expressions, matched in full)
-        select; a ValueError naming `argument` for a pattern that selects no layer with ops in the file."""
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        chosen = set()
-        for pattern in patterns:
-            if not isinstance(pattern, str):
-                raise ValueError(f"`{argument}` must be a list of layer names or regular expressions, got "
-                                 f"{pattern!r} in it.")
-            if pattern in self.layers:
-                chosen.add(pattern)
-                continue
-            try:
-                matched = [name for name in self.layers if re.fullmatch(pattern, name)]
-            except re.error as error:
-                raise ValueError(f"`{argument}`: {pattern!r} is neither a layer name nor a valid regular "
-                                 f"expression ({error}).") from None
-            if not matched:
-                shown = ", ".join(self.layers[:12]) + (" ..." if len(self.layers) > 12 else "")
-                raise ValueError(f"`{argument}`: {pattern!r} matches no layer of '{self.model_name}' that has ops "
-                                 f"in the file. Layers with ops: {shown}.")
-            chosen.update(matched)
-        return [name for name in self.layers if name in chosen]
+        """The layer names (in graph order) that `patterns` select (see `resolve_layers`)."""
+        return resolve_layers(patterns, self.layers, self.model_name, argument)
 
     def denylist(self, layers):
         """The output tensor names of every op that belongs to one of `layers` (TFLite's denylisted_nodes)."""
@@ -203,18 +231,11 @@ class SelectiveQuantizer:
 
     def decode_name(self, tensor):
         """`tensor` (a name of the coded export) with each layer code replaced by the layer's name."""
-        return re.sub(r"kopts\d+[xy]", lambda m: self.codes[m.group(0)], tensor)
+        return decode_name(tensor, self.codes)
 
     def decode(self, content):
         """The file `content` with its tensors named after the Keras layers again (not their codes)."""
-        from tensorflow.lite.tools import flatbuffer_utils  # TFLite's own flatbuffer reader and writer
-
-        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-        for subgraph in model.subgraphs:
-            for tensor in subgraph.tensors:
-                if tensor.name:
-                    tensor.name = self.decode_name(tensor.name.decode()).encode()
-        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        return decode_file(content, self.codes)
 
     def op_statistics(self):
         """TFLite's per-op int8 error of the all-int8 file: a list of dicts, one per op the debugger verified:

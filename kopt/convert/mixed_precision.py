@@ -10,7 +10,8 @@ _BOUNDARY = ("QUANTIZE", "DEQUANTIZE")
 
 @dataclasses.dataclass
 class MixedPrecisionReport:
-    """The ops of a .tflite file that are not int8, and their cost against the all-int8 file.
+    """The ops of a .tflite file that are not int8 (float, or int16 activations), and their cost against the all-int8
+    file.
 
     Attributes:
         kept_float: the Keras layers asked to stay float.
@@ -23,6 +24,7 @@ class MixedPrecisionReport:
         latency_ms: median latency of one inference (1 thread, LiteRT's CPU kernels), measured interleaved with
             the all-int8 file's (`int8_latency_ms`) so both see the same machine load; None when not measured.
         int8_latency_ms: as `latency_ms`, for the all-int8 file.
+        int16: the Keras layers asked to run with int16 activations.
 
     Example:
 
@@ -41,6 +43,7 @@ class MixedPrecisionReport:
     int8_size_bytes: int = None
     latency_ms: float = None
     int8_latency_ms: float = None
+    int16: list = dataclasses.field(default_factory=list)
 
     @property
     def size_cost(self):
@@ -59,8 +62,9 @@ class MixedPrecisionReport:
         return dict(dataclasses.asdict(self), size_cost=self.size_cost, latency_cost=self.latency_cost)
 
     def __str__(self):
-        lines = [f"Mixed precision: {len(self.kept_float)} layer(s) kept float, {len(self.ops)} op(s) not int8 "
-                 f"(+{self.boundary_ops} QUANTIZE/DEQUANTIZE)"]
+        wide = f", {len(self.int16)} with int16 activations" if self.int16 else ""
+        lines = [f"Mixed precision: {len(self.kept_float)} layer(s) kept float{wide}, {len(self.ops)} op(s) not "
+                 f"int8 (+{self.boundary_ops} QUANTIZE/DEQUANTIZE)"]
         for op in self.ops:
             layers = ", ".join(op["layers"]) or "-"
             lines.append(f"  {op['op']:<18} {op['dtype']:<8} layer {layers}")

@@ -79,26 +79,33 @@ def _patterns(value, argument):
     return list(value)
 
 
-def _check_mixed(keep_float, int16_activations, quantization, input_type, output_type):
+def _check_mixed(keep_float, int16_activations, quantization, input_type, output_type, qat):
     keep_float = _patterns(keep_float, "keep_float")
-    if _patterns(int16_activations, "int16_activations"):
+    int16 = _patterns(int16_activations, "int16_activations")
+    if not (keep_float or int16):
+        return keep_float, int16
+    argument = "int16_activations" if int16 else "keep_float"
+    if quantization != "int8":
         raise ValueError(
-            "`int16_activations`: TFLite's converter quantizes every activation of a file to one type, so int16 "
-            "activations for some layers and int8 for the rest cannot be mixed in one file. Use "
-            "quantization='int16x8' for int16 activations everywhere, or keep_float=[...] to keep those layers "
-            "float in an int8 file.")
-    if keep_float and quantization != "int8":
+            f"`{argument}` needs quantization='int8' (mixed precision inside an int8 file), got {quantization!r}. "
+            "quantization='int16x8' is int16 activations everywhere (TFLite's converter has no denylist in that "
+            "mode), and float modes are float already.")
+    if int16 and qat:
         raise ValueError(
-            f"`keep_float` needs quantization='int8', got {quantization!r}. TFLite keeps chosen ops float only in "
-            "its int8 quantizer; in 'int16x8' mode its quantizer has no denylist (and its MLIR int16 path makes "
-            "files the interpreter rejects), and float modes are float already.")
-    if keep_float and (input_type or "int8") != (output_type or "int8"):
+            "`int16_activations` is post-training: a QAT model learned int8 ranges for its layers. Convert the "
+            "float model with int16_activations=[...], or keep those layers float in QAT "
+            "(quantize_model(..., float_layers=[...])) and pass keep_float=[...].")
+    if int16 and (input_type or "int8") != "int8" or int16 and (output_type or "int8") != "int8":
+        raise ValueError(
+            f"With `int16_activations`, inputs and outputs are int8 (AI Edge Quantizer quantizes them), got "
+            f"input_type={input_type!r} and output_type={output_type!r}: leave them None or 'int8'.")
+    if (input_type or "int8") != (output_type or "int8"):
         raise ValueError(
             f"With `keep_float`, input_type and output_type must be the same ('int8' or 'float32'), got "
             f"{input_type!r} and {output_type!r}.")
-    if keep_float and (input_type or "int8") not in ("int8", "float32"):
+    if (input_type or "int8") not in ("int8", "float32"):
         raise ValueError(f"With `keep_float`, input_type must be 'int8' or 'float32', got {input_type!r}.")
-    return keep_float
+    return keep_float, int16
 
 
 def _input_shapes(model, samples):
@@ -109,28 +116,48 @@ def _input_shapes(model, samples):
     return {spec.name: tuple(s.shape[1:]) for spec, s in zip(data_lib.model_inputs(model), samples)}
 
 
-def _convert_mixed(model, calibration, keep_float, fully_quantize, held):
-    """The int8 file of float `model` with the layers `keep_float` selects left float, and its report."""
+def _convert_mixed(model, calibration, keep_float, int16, fully_quantize, held):
+    """The int8 file of float `model` with the layers `keep_float` selects left float and those `int16` selects
+    with int16 activations, and its report."""
     from kopt.convert import mixed_precision
-    from kopt.convert._selective import SelectiveQuantizer, layers_in
+    from kopt.convert._selective import SelectiveQuantizer, layers_in, resolve_layers
 
     try:
-        with SelectiveQuantizer(model, calibration, fully_quantize=fully_quantize) as quantizer:
-            kept = quantizer.resolve(keep_float, "keep_float")
-            coded = quantizer.quantize(kept)
-            int8 = quantizer.decode(quantizer.quantize([]))
-            content = quantizer.decode(coded)
-            ops, boundary = mixed_precision.non_int8_ops(
-                coded, lambda tensor: layers_in(tensor, quantizer.codes), quantizer.decode_name)
-    except ValueError:
+        if int16:  # int8 and int16 activations in one file: AI Edge Quantizer
+            from kopt.convert._edge_quantizer import EdgeQuantizer
+
+            quantizer = EdgeQuantizer(model, calibration)
+            kept = resolve_layers(keep_float, quantizer.layers, model.name, "keep_float") if keep_float else []
+            wide = resolve_layers(int16, quantizer.layers, model.name, "int16_activations")
+            both = sorted(set(kept) & set(wide))
+            if both:
+                raise ValueError(f"`keep_float` and `int16_activations` both select {both}: choose one for each.")
+            coded = quantizer.quantize(wide, kept)
+            int8 = quantizer.decode(quantizer.quantize())
+            codes = quantizer.codes
+        else:  # int8 and float: TFLite's selective quantization
+            wide = []
+            with SelectiveQuantizer(model, calibration, fully_quantize=fully_quantize) as quantizer:
+                kept = quantizer.resolve(keep_float, "keep_float")
+                coded = quantizer.quantize(kept)
+                int8 = quantizer.decode(quantizer.quantize([]))
+                codes = quantizer.codes
+    except (ValueError, ImportError):
         raise
     except Exception as error:
-        raise ConversionError(f"TFLite's selective quantization cannot convert `model` ('{model.name}') with "
-                              f"keep_float={keep_float!r}: {type(error).__name__}: {error}".rstrip()) from error
+        raise ConversionError(f"Mixed precision cannot convert `model` ('{model.name}') with keep_float="
+                              f"{keep_float!r}, int16_activations={int16!r}: {type(error).__name__}: {error}".rstrip()
+                              ) from error
+    from kopt.convert._selective import decode_file, decode_name
+
+    ops, boundary = mixed_precision.non_int8_ops(coded, lambda tensor: layers_in(tensor, codes),
+                                                 lambda tensor: decode_name(tensor, codes))
+    content = decode_file(coded, codes)
     latency, int8_latency = mixed_precision.interleaved_latency([content, int8], _input_shapes(model, held))
-    logger.info("kept float: %s (%d ops not int8)", ", ".join(kept), len(ops))
+    logger.info("kept float: %s; int16 activations: %s (%d ops not int8)", ", ".join(kept) or "-",
+                ", ".join(wide) or "-", len(ops))
     return content, mixed_precision.MixedPrecisionReport(kept, ops, boundary, len(content), len(int8), latency,
-                                                         int8_latency)
+                                                         int8_latency, int16=wide)
 
 
 def _qat_mixed(model, converted, content, keep_float):
@@ -268,9 +295,14 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
             they cost against the all-int8 file (size; latency measured in the same run). Inputs and outputs
             must both be int8 or both float32. For a QAT model, the layers must be ones QAT left float
             (`quantize_model(..., float_layers=[...])`); their float ops are then accepted.
-        int16_activations: layers to run with int16 activations. TFLite's converter gives every activation of
-            a file one type, so it is the whole model or nothing: pass quantization="int16x8" (and no
-            `int16_activations`) for int16 activations everywhere; a list raises a ValueError that says so.
+        int16_activations: Keras layer names or regular expressions of layers to run with int16 activations
+            (int8 weights) in "int8" mode, the rest int8: for layers whose activations need more than 256
+            levels. TFLite's converter gives a whole file one activation type, so this goes through Google's AI
+            Edge Quantizer (`pip install 'kopt[mixed]'`), from the float file, with the same calibration data
+            (ranges merged as min/max); QUANTIZE ops requantize between int8 and int16. A layer that reads an
+            int16 tensor requantizes it to int8 unless it is listed too. Inputs and outputs stay quantized
+            (`input_type`/`output_type` None or "int8"); `keep_float` may be combined (other layers). Float
+            models only (a QAT model learned int8 ranges). int16 kernels do not use XNNPACK: they are slower.
         verbose: print the validation report.
 
     Returns:
@@ -313,7 +345,6 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     ```
     """
     _check_arguments(model, path, quantization, input_type, output_type, on_mismatch, max_samples)
-    keep_float = _check_mixed(keep_float, int16_activations, quantization, input_type, output_type)
     model = as_float32(model)  # trained under mixed precision: export (and validate) in float32
     integer_mode = quantization in ("int8", "int16x8")
     default_type = {"int8": "int8", "int16x8": "int16"}.get(quantization, "float32")
@@ -321,6 +352,7 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     output_type = output_type or default_type
     inputs = data_lib.model_inputs(model)
     qat = is_quantization_aware(model)
+    keep_float, int16 = _check_mixed(keep_float, int16_activations, quantization, input_type, output_type, qat)
     if qat:
         check_calibrated(model)
 
@@ -361,8 +393,8 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     calibrating = f", calibrating on {data_lib.count(calibration)} samples" if calibration is not None else ""
     logger.info("converting '%s' to %s%s", model.name, quantization or "float32", calibrating)
     mixed = None
-    if keep_float and not qat:
-        content, mixed = _convert_mixed(converted, calibration, keep_float, input_type == "int8", held)
+    if (keep_float or int16) and not qat:
+        content, mixed = _convert_mixed(converted, calibration, keep_float, int16, input_type == "int8", held)
     else:
         content = _convert(converted, quantization, named, input_type, output_type)
         if keep_float:
@@ -372,7 +404,10 @@ def to_tflite(model, path=None, *, quantization="int8", representative_data=None
     if quantization == "int8" and not allow_float_ops:
         float_ops = litert.inspect_tflite(content).float_ops
         if mixed is not None:  # the kept layers' ops, and the QUANTIZE/DEQUANTIZE around them
-            kept = {op["tensor"] for op in mixed.ops if set(op["layers"]) & set(mixed.kept_float)}
+            # (and shape arithmetic reading a float tensor: AI Edge Quantizer leaves Flatten's SHAPE on the float
+            # side of a DEQUANTIZE; it computes no activation)
+            kept = {op["tensor"] for op in mixed.ops
+                    if set(op["layers"]) & set(mixed.kept_float) or op["dtype"] in ("int32", "int64")}
             float_ops = [(op, name) for op, name in float_ops if name not in kept and op != "DEQUANTIZE"]
         if float_ops:
             raise ConversionError(_float_ops_message(float_ops, qat, calibration is not None),

@@ -56,9 +56,9 @@ def test_wins_back_the_accuracy_int8_loses(outlier_digits, tmp_path):
     path = tmp_path / "mixed.tflite"
     result = analysis.auto_mixed_precision(model, (x, y), max_drop=0.01, path=path, max_samples=256)
     held_x, held_y = x[256:512], y[256:512]
-    first, last = result.steps[0], result.steps[-1]
+    first, last = result.steps[0], result.chosen
     assert first.kept_float == [] and first.accuracy < result.float_accuracy - 0.02  # int8 loses real accuracy
-    assert result.met and result.kept_float == ["logits"] and last.accepted
+    assert result.met and result.kept_float == ["logits"] and last.met and len(result.steps) == 2
     # the chosen file, run here in LiteRT, is as accurate as the step said and within the target
     assert _accuracy(path.read_bytes(), held_x, held_y) == pytest.approx(last.accuracy)
     assert result.float_accuracy - _accuracy(path.read_bytes(), held_x, held_y) <= 0.01
@@ -77,6 +77,9 @@ def test_an_unreachable_target_is_reported_not_met(outlier_digits, caplog):
         result = analysis.auto_mixed_precision(model, x[:300], min_sqnr=200, max_steps=2, budget="latency",
                                                max_samples=200)
     assert not result.met and len(result.steps) <= 3 and "not met" in caplog.text
+    # the files tried keep 0, 1, 2 ... of the ranked layers float; the best one is kept
+    assert [len(s.kept_float) for s in result.steps] == [0, 1, 2][:len(result.steps)]
+    assert result.chosen.sqnr_db == max(s.sqnr_db for s in result.steps)
     assert result.steps[0].sqnr_db < 200 and "NOT met" in str(result)
 
 

@@ -1,4 +1,5 @@
-"""`to_tflite(keep_float=...)`: chosen layers stay float in an int8 file (TFLite's selective quantization).
+"""`to_tflite(keep_float=..., int16_activations=...)`: chosen layers stay float (TFLite's selective quantization)
+or run with int16 activations (AI Edge Quantizer) in an int8 file.
 
 The truth is LiteRT's interpreter: the dtypes of each op's tensors in the file, and the file's outputs.
 """
@@ -114,7 +115,10 @@ def test_bad_arguments(outlier, tmp_path):
         (dict(keep_float=["logits"], quantization="int16x8"), "needs quantization='int8'"),
         (dict(keep_float=["logits"], input_type="int8", output_type="float32"), "must be the same"),
         (dict(keep_float=[3]), "list of layer names"),
-        (dict(int16_activations=["logits"]), "cannot be mixed in one file"),
+        (dict(int16_activations=["logits"], quantization="int16x8"), "needs quantization='int8'"),
+        (dict(int16_activations=["logits"], input_type="float32", output_type="float32"), "inputs and outputs are int8"),
+        (dict(int16_activations=["logits"], keep_float=["logits"]), "both select"),
+        (dict(int16_activations=["nope"]), "`int16_activations`: 'nope' matches no layer"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -138,3 +142,40 @@ def test_qat_model_keeps_only_layers_qat_left_float(digits_data):
     mixed = convert.to_tflite(partial, validation_data=x_test[:100], keep_float=["logits"], on_mismatch="warn")
     assert [op["layers"] for op in mixed.mixed_precision.ops if op["op"] == "FULLY_CONNECTED"] == [["logits"]]
     assert mixed.mixed_precision.int8_size_bytes is None
+
+
+def _activation_outlier_model():
+    """Conv -> Dense 'hidden' whose unit 0 outputs values 100x the others' -> Dense 'logits' that ignores unit 0:
+    the float outputs do not depend on it, but int8's one scale for 'hidden''s output rounds the other units to a
+    few levels. int16 activations for 'hidden' and 'logits' (which reads that tensor) keep them."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:, 0] = np.abs(kernel[:, 0]) * 300.0
+    model.get_layer("hidden").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[0, :] = 0.0
+    model.get_layer("logits").set_weights([kernel, bias])
+    return model
+
+
+def test_int16_activations_for_one_layer(digits_data):
+    (x_train, _), (x_test, _) = digits_data
+    model = _activation_outlier_model()
+    held = x_test[:200]
+    reference = model.predict(held, verbose=0)
+    int8 = convert.to_tflite(model, representative_data=x_train[:200], validation_data=held, on_mismatch="warn")
+    wide = convert.to_tflite(model, representative_data=x_train[:200], validation_data=held,
+                             int16_activations=["hidden", "logits"], on_mismatch="warn")
+    computing = [(op, dtype) for op, dtype in _op_dtypes(wide) if op in ("CONV_2D", "FULLY_CONNECTED")]
+    assert computing == [("CONV_2D", "int8"), ("FULLY_CONNECTED", "int16"), ("FULLY_CONNECTED", "int16")]
+    assert ("QUANTIZE", "int16") in _op_dtypes(wide)  # int8 -> int16 requantization before 'hidden'
+    assert _sqnr(wide, held, reference) > _sqnr(int8, held, reference) + 10
+    report = wide.mixed_precision
+    assert report.int16 == ["hidden", "logits"] and report.kept_float == []
+    assert [op["layers"] for op in report.ops if op["dtype"] == "int16"] == [["hidden"], ["logits"]]
+    assert "2 with int16 activations" in str(report)
