@@ -376,7 +376,7 @@ def _analyze(args):
     model = _load_model(args.model)
     data = _load_data(args.data, "--data", model)
     from kopt import analysis
-    from kopt.convert import _data as data_lib
+    from kopt.convert import samples as data_lib
 
     try:  # checked here, so that a shape or dtype error names --data
         samples = data_lib.collect_inputs(data, data_lib.model_inputs(model), f"--data {args.data!r}",

@@ -122,7 +122,7 @@ def auto_mixed_precision(model, data, *, max_drop=None, min_sqnr=None, budget="s
     """
     from kopt._keras.precision import as_float32
     from kopt.analysis.sensitivity import sensitivity
-    from kopt.convert import _data as data_lib
+    from kopt.convert import samples as data_lib
     from kopt.convert import mixed_precision
     from kopt.convert._qat_state import is_quantization_aware
     from kopt.convert._selective import SelectiveQuantizer

@@ -17,7 +17,7 @@ MODES = ("int8",)
 
 def _check(model, data, mode, max_samples, batch_size, debugger):
     from kopt._keras.inputs import reject_string_inputs
-    from kopt.convert import _data as data_lib
+    from kopt.convert import samples as data_lib
 
     if not isinstance(model, keras.Model):
         raise ValueError(
@@ -42,7 +42,7 @@ def _check(model, data, mode, max_samples, batch_size, debugger):
 
 def _outputs(function, model, samples, batch_size):
     """Every output of `function` (the model's call) on `samples`, as float64 arrays."""
-    from kopt.convert import _data as data_lib
+    from kopt.convert import samples as data_lib
     from kopt.convert.validation import output_keys
 
     parts = None
@@ -127,7 +127,7 @@ def sensitivity(model, data, *, mode="int8", max_samples=256, batch_size=32, deb
     import tensorflow as tf
 
     from kopt._keras.precision import as_float32
-    from kopt.convert import _data as data_lib
+    from kopt.convert import samples as data_lib
     from kopt.convert._qat_state import check_calibrated, is_quantization_aware
 
     started = time.perf_counter()

@@ -15,7 +15,7 @@ import contextlib
 import io
 import re
 
-from kopt.convert import _data as data_lib
+from kopt.convert import samples as data_lib
 from kopt.convert._selective import coded_copy, decode_file, file_layers
 
 _BATCH = 32  # samples per calibration batch: the calibrator keeps every tensor of a batch

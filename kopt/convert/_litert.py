@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from kopt.convert._data import run_in_batches
+from kopt.convert.samples import run_in_batches
 from kopt.convert._files import read_bytes, to_plain
 
 # Ops whose weight is one input (its index): the weights `zero_weight_fraction` counts.

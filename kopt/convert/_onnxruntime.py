@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kopt.convert._data import run_in_batches
+from kopt.convert.samples import run_in_batches
 from kopt.convert._onnx_info import read_onnx
 
 INSTALL = 'pip install "kopt-keras[onnx]"'

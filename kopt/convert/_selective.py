@@ -14,7 +14,7 @@ import re
 
 import keras
 
-from kopt.convert import _data as data_lib
+from kopt.convert import samples as data_lib
 from kopt.convert import _litert as litert
 
 logger = logging.getLogger("kopt")

@@ -11,7 +11,7 @@ import numpy as np
 
 from kopt._keras.precision import as_float32
 from kopt._keras.tracing import traceable_for_tf2onnx
-from kopt.convert import _data as data_lib
+from kopt.convert import samples as data_lib
 from kopt.convert import _onnx_info as onnx_info
 from kopt.convert import _onnx_weights as onnx_weights
 from kopt.convert import _onnxruntime as runtime

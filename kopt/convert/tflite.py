@@ -4,7 +4,7 @@ import logging
 import os
 
 from kopt._keras.precision import as_float32
-from kopt.convert import _data as data_lib
+from kopt.convert import samples as data_lib
 from kopt.convert import _litert as litert
 from kopt.convert import validation as validation_lib
 from kopt.convert._converter import tflite_converter

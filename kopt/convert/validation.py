@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from kopt.convert import _data as data_lib
+from kopt.convert import samples as data_lib
 from kopt.convert._qat_state import input_ranges, is_quantization_aware
 from kopt.errors import ValidationError
 

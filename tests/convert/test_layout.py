@@ -69,7 +69,7 @@ def test_dependencies_go_one_way():
     """Private helpers -> format-neutral validation -> runtimes -> the converters -> `inspect`."""
     graph = {name: _imports(tree) for name, tree in _modules().items()}
     assert not graph["validation"] & {"_litert", "_onnxruntime", "_onnx_info", "tflite", "onnx"}
-    for private in ("_files", "_data", "_qat_state"):
+    for private in ("_files", "samples", "_qat_state"):
         assert not graph[private] & {"validation", "_litert", "_onnxruntime", "tflite", "onnx", "inspection"}
     assert not graph["tflite"] & {"onnx", "_onnxruntime", "_onnx_info"}
     assert not graph["onnx"] & {"tflite", "_litert"}

@@ -1,4 +1,4 @@
-"""Checking and collecting sample data (representative / validation) for conversion.
+"""Checking and collecting sample data (representative / validation / analysis data) for a Keras model.
 
 Samples are kept as one array per model input, in `model.inputs` order. A model
 with several inputs takes, for every data argument, either a list/tuple of
