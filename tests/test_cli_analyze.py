@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from outlier_models import trained_weight_outlier_digits
 
 from kopt import analysis, cli
 
@@ -93,19 +94,7 @@ def outlier_files(tmp_path_factory, digits_data):
     per-tensor int8 of 'logits' loses accuracy; as in tests/analysis/test_auto_mixed_precision.py), saved as
     .keras with its inputs and integer labels as .npy."""
     (x_train, y_train), (x_test, y_test) = digits_data
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
-                              keras.layers.Flatten(name="flat"),
-                              keras.layers.Dense(64, activation="relu", name="hidden"),
-                              keras.layers.Dense(10, name="logits")])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    kernel, bias = model.get_layer("hidden").get_weights()
-    kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0: dead for inputs >= 0
-    model.get_layer("hidden").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("logits").get_weights()
-    kernel[0, :] = 40.0
-    model.get_layer("logits").set_weights([kernel, bias])
+    model = trained_weight_outlier_digits(x_train, y_train)
     folder = tmp_path_factory.mktemp("analyze_mixed")
     model.save(folder / "model.keras")
     np.save(folder / "x.npy", np.concatenate([x_train[:256], x_test]))

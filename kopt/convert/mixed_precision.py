@@ -29,10 +29,11 @@ class MixedPrecisionReport:
     Example:
 
     ```python
-    data = np.random.rand(64, 8).astype("float32")
-    tflite = kopt.convert.to_tflite(model, representative_data=data, keep_float=[model.layers[-1].name],
-                                    min_top1_agreement=0.5)
-    print(tflite.mixed_precision)
+    tflite = kopt.convert.to_tflite(model, representative_data=np.random.rand(64, 8).astype("float32"),
+                                    keep_float=[model.layers[0].name], on_mismatch="warn")
+    report = tflite.mixed_precision
+    float_ops = [op["op"] for op in report.ops if op["dtype"] == "float32"]
+    extra_bytes = report.size_bytes - report.int8_size_bytes
     ```
     """
 

@@ -5,29 +5,17 @@ The truth is LiteRT: the chosen file runs in its interpreter here, and its accur
 
 import json
 
-import keras
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter
+from litert_truth import only_output
+from outlier_models import trained_weight_outlier_digits
 
 from kopt import analysis, quantization
 
 
 def _accuracy(content, x, y):
-    """Top-1 accuracy of the .tflite file on (x, y), run sample by sample in LiteRT."""
-    it = Interpreter(model_content=bytes(content))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    hits = 0
-    for sample, label in zip(x, y):
-        value = sample[None]
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
-        it.set_tensor(inp["index"], value)
-        it.invoke()
-        hits += int(it.get_tensor(out["index"])[0].argmax() == label)
-    return hits / len(y)
+    """Top-1 accuracy of the .tflite file on (x, y), run in LiteRT."""
+    return float(np.mean(only_output(content, x).argmax(-1) == y))
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +23,7 @@ def outlier_digits(digits_data):
     """A trained digits model whose 'logits' kernel has a huge row from a dead hidden unit: the float model is
     unchanged, per-tensor int8 of 'logits' loses accuracy."""
     (x_train, y_train), (x_test, y_test) = digits_data
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
-                              keras.layers.Flatten(name="flat"),
-                              keras.layers.Dense(64, activation="relu", name="hidden"),
-                              keras.layers.Dense(10, name="logits")])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    kernel, bias = model.get_layer("hidden").get_weights()
-    kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0: dead for inputs >= 0
-    model.get_layer("hidden").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("logits").get_weights()
-    kernel[0, :] = 40.0
-    model.get_layer("logits").set_weights([kernel, bias])
+    model = trained_weight_outlier_digits(x_train, y_train)
     return model, np.concatenate([x_train[:256], x_test]), np.concatenate([y_train[:256], y_test])
 
 

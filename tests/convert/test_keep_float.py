@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
+from litert_truth import file_sqnr
+from outlier_models import digits_mlp_cnn, plant_activation_outlier, plant_weight_outlier
+
 from kopt import convert, quantization
-from kopt.convert.validation import sqnr_db
 from kopt.errors import ConversionError
 
 
@@ -21,45 +23,10 @@ def _op_dtypes(content):
     return [(op["op_name"], np.dtype(details[op["outputs"][0]]["dtype"]).name) for op in it._get_ops_details()]
 
 
-def _sqnr(content, x, reference):
-    """The file's output SQNR (dB) against `reference`, the file run sample by sample in LiteRT."""
-    it = Interpreter(model_content=bytes(content))
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    got = []
-    for sample in x:
-        value = sample[None]
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
-        it.set_tensor(inp["index"], value)
-        it.invoke()
-        y = it.get_tensor(out["index"])[0].astype("float32")
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y - zero) * scale
-        got.append(y)
-    return sqnr_db(reference, np.array(got))
-
-
 def _outlier_model():
-    """Conv -> Dense 'hidden' -> Dense 'logits' whose kernel has one huge row (from a dead hidden unit, so the
-    float outputs do not change): per-tensor int8 of 'logits' rounds its other weights to a few levels, the
-    other layers quantize well."""
-    keras.utils.set_random_seed(1)
-    inp = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
-    h = keras.layers.Flatten(name="flat")(h)
-    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
-    out = keras.layers.Dense(10, name="logits")(h)
-    model = keras.Model(inp, out)
-    kernel, bias = model.get_layer("hidden").get_weights()
-    kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0 is dead (inputs are >= 0): ReLU gives 0 for every input
-    model.get_layer("hidden").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("logits").get_weights()
-    kernel[0, :] = 50.0  # so its huge weights change no float output
-    model.get_layer("logits").set_weights([kernel, bias])
-    return model
+    """An untrained `digits_mlp_cnn` with `plant_weight_outlier`: per-tensor int8 of 'logits' rounds its weights to
+    a few levels, the other layers quantize well."""
+    return plant_weight_outlier(digits_mlp_cnn(seed=1), value=50.0)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +46,7 @@ def test_kept_layer_is_float_in_the_file_and_the_rest_int8(outlier):
     assert ("DEQUANTIZE", "float32") in ops and ops[-1] == ("QUANTIZE", "int8")  # int8 output, as asked
     assert all(dtype == "int8" for op, dtype in _op_dtypes(int8) if op in ("CONV_2D", "FULLY_CONNECTED"))
     # the files, run in LiteRT here: the mixed one is much closer to the model than the all-int8 one
-    reference = model.predict(held, verbose=0)
-    assert _sqnr(mixed, held, reference) > _sqnr(int8, held, reference) + 10
+    assert file_sqnr(model, mixed, held) > file_sqnr(model, int8, held) + 10
     report = mixed.mixed_precision
     assert report.kept_float == ["logits"]
     assert [(op["op"], op["dtype"], op["layers"]) for op in report.ops] == [("FULLY_CONNECTED", "float32",
@@ -116,7 +82,8 @@ def test_bad_arguments(outlier, tmp_path):
         (dict(keep_float=["logits"], input_type="int8", output_type="float32"), "must be the same"),
         (dict(keep_float=[3]), "list of layer names"),
         (dict(int16_activations=["logits"], quantization="int16x8"), "needs quantization='int8'"),
-        (dict(int16_activations=["logits"], input_type="float32", output_type="float32"), "inputs and outputs are int8"),
+        (dict(int16_activations=["logits"], input_type="float32", output_type="float32"),
+         "inputs and outputs are int8"),
         (dict(int16_activations=["logits"], keep_float=["logits"]), "both select"),
         (dict(int16_activations=["nope"]), "`int16_activations`: 'nope' matches no layer"),
     ]
@@ -144,37 +111,17 @@ def test_qat_model_keeps_only_layers_qat_left_float(digits_data):
     assert mixed.mixed_precision.int8_size_bytes is None
 
 
-def _activation_outlier_model():
-    """Conv -> Dense 'hidden' whose unit 0 outputs values 100x the others' -> Dense 'logits' that ignores unit 0:
-    the float outputs do not depend on it, but int8's one scale for 'hidden''s output rounds the other units to a
-    few levels. int16 activations for 'hidden' and 'logits' (which reads that tensor) keep them."""
-    keras.utils.set_random_seed(2)
-    inp = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
-    h = keras.layers.Flatten(name="flat")(h)
-    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
-    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
-    kernel, bias = model.get_layer("hidden").get_weights()
-    kernel[:, 0] = np.abs(kernel[:, 0]) * 300.0
-    model.get_layer("hidden").set_weights([kernel, bias])
-    kernel, bias = model.get_layer("logits").get_weights()
-    kernel[0, :] = 0.0
-    model.get_layer("logits").set_weights([kernel, bias])
-    return model
-
-
 def test_int16_activations_for_one_layer(digits_data):
     (x_train, _), (x_test, _) = digits_data
-    model = _activation_outlier_model()
+    model = plant_activation_outlier(digits_mlp_cnn(seed=2))  # int16 for 'hidden' and 'logits' (reads it)
     held = x_test[:200]
-    reference = model.predict(held, verbose=0)
     int8 = convert.to_tflite(model, representative_data=x_train[:200], validation_data=held, on_mismatch="warn")
     wide = convert.to_tflite(model, representative_data=x_train[:200], validation_data=held,
                              int16_activations=["hidden", "logits"], on_mismatch="warn")
     computing = [(op, dtype) for op, dtype in _op_dtypes(wide) if op in ("CONV_2D", "FULLY_CONNECTED")]
     assert computing == [("CONV_2D", "int8"), ("FULLY_CONNECTED", "int16"), ("FULLY_CONNECTED", "int16")]
     assert ("QUANTIZE", "int16") in _op_dtypes(wide)  # int8 -> int16 requantization before 'hidden'
-    assert _sqnr(wide, held, reference) > _sqnr(int8, held, reference) + 10
+    assert file_sqnr(model, wide, held) > file_sqnr(model, int8, held) + 10
     report = wide.mixed_precision
     assert report.int16 == ["hidden", "logits"] and report.kept_float == []
     assert [op["layers"] for op in report.ops if op["dtype"] == "int16"] == [["hidden"], ["logits"]]
