@@ -22,6 +22,9 @@ def save_figure(figure, path, extension, dpi=120):
     os.close(handle)
     try:
         figure.savefig(temporary, format=extension, dpi=dpi)
+        from kopt.convert._files import normal_mode
+
+        normal_mode(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

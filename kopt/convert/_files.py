@@ -31,6 +31,13 @@ def check_folder(path, argument="path"):
         raise ValueError(f"`{argument}` {os.fspath(path)!r}: the folder {folder!r} does not exist. Create it first.")
 
 
+def normal_mode(path):
+    """Gives `path` a new file's usual mode (0o666 less the umask): `tempfile.mkstemp` makes files private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_atomically(path, content):
     """Writes `content` to a temporary file next to `path` (`.kopt-*<ext>.part`), then renames it to `path`.
 
@@ -43,9 +50,7 @@ def write_atomically(path, content):
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(content)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        normal_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
