@@ -20,6 +20,8 @@ Models (nothing downloaded; random weights unless said):
 
     .venv/bin/python benchmarks/bench_mixed_precision.py [--models digits EfficientNetV2B0 MobileNetV3Small bert vit]
         [--max-steps 16] [--samples 64]
+    .venv/bin/python benchmarks/bench_mixed_precision.py --models EfficientNetV2B0 --keep-float '.*_activation' ...
+    .venv/bin/python benchmarks/bench_mixed_precision.py --int16
 """
 
 import argparse
@@ -39,7 +41,8 @@ from kopt import analysis  # noqa: E402
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def digits(samples):
+def trained_digits_cnn():
+    """A small CNN trained on scikit-learn's digits (8 epochs, seed 0), and the digits splits."""
     from kopt.datasets import load_digits
 
     (x_train, y_train), (x_test, y_test) = load_digits()
@@ -50,6 +53,11 @@ def digits(samples):
                               keras.layers.Dense(10, name="logits")], name="digits_cnn")
     model.compile("adam", LOSS, metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    return model, (x_train, y_train), (x_test, y_test)
+
+
+def digits(samples):
+    model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
     kernel, bias = model.get_layer("hidden").get_weights()
     kernel[:, 0], bias[0] = -1.0, -1.0  # hidden unit 0 never fires (inputs >= 0)
     model.get_layer("hidden").set_weights([kernel, bias])
@@ -85,14 +93,56 @@ def transformer(name, samples):
 TARGETS = {"EfficientNetV2B0": 25, "MobileNetV3Small": 45, "vit": 20, "bert": 35}
 
 
+def activation_outlier(samples):
+    """A digits CNN (trained 8 epochs) whose 'hidden' unit 0 outputs values 300x the others' and that 'logits'
+    ignores: no float change, but int8's one scale for that tensor rounds the other units to a few levels."""
+    fresh, (x_train, _), (x_test, y_test) = trained_digits_cnn()
+    kernel, bias = fresh.get_layer("hidden").get_weights()
+    kernel[:, 0] = np.abs(kernel[:, 0]) * 300.0
+    fresh.get_layer("hidden").set_weights([kernel, bias])
+    kernel, bias = fresh.get_layer("logits").get_weights()
+    kernel[0, :] = 0.0
+    fresh.get_layer("logits").set_weights([kernel, bias])
+    return fresh, x_train[:256], (x_test, y_test)
+
+
+def compare_sets(model, calibration, held, sets):
+    """Converts `model` with each `{label: to_tflite kwargs}` and prints SQNR, accuracy, size and latency."""
+    from kopt import convert
+    from kopt.convert.mixed_precision import interleaved_latency
+
+    x, y = held if isinstance(held, tuple) else (held, None)
+    files = {label: convert.to_tflite(model, representative_data=calibration, validation_data=x, on_mismatch="warn",
+                                      **kwargs) for label, kwargs in sets.items()}
+    latencies = interleaved_latency(list(files.values()), {model.inputs[0].name: tuple(x.shape[1:])})
+    print("\n| file | SQNR vs Keras | accuracy | bytes | latency ms (1 thread) |\n|---|---|---|---|---|")
+    for (label, tflite), latency in zip(files.items(), latencies):
+        accuracy = "-" if y is None else f"{convert.evaluate(tflite, x, y):.4f}"
+        print(f"| {label} | {tflite.report.outputs[0].sqnr_db:.1f} dB | {accuracy} | {len(tflite):,} | "
+              f"{latency:.4f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["digits", "EfficientNetV2B0", "MobileNetV3Small", "bert", "vit"])
     parser.add_argument("--max-steps", type=int, default=16)
     parser.add_argument("--samples", type=int, default=64, help="calibration samples (and as many held)")
+    parser.add_argument("--keep-float", nargs="+", metavar="REGEX",
+                        help="instead of the search: convert each model with each of these keep_float patterns")
+    parser.add_argument("--int16", action="store_true",
+                        help="instead: a digits CNN with an activation outlier, int8 against int16 activations and "
+                             "float for the two layers that touch it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
+    if args.int16:
+        model, calibration, held = activation_outlier(args.samples)
+        layers = ["hidden", "logits"]
+        compare_sets(model, calibration, held, {"all int8": {}, "int16 activations: hidden, logits":
+                                                 {"int16_activations": layers},
+                                                 "float: hidden, logits": {"keep_float": layers},
+                                                 "quantization='int16x8' (all int16)": {"quantization": "int16x8"}})
+        return
     rows = []
     for name in args.models:
         if name == "digits":
@@ -101,6 +151,12 @@ def main():
             model, data, target = transformer(name, args.samples)
         else:
             model, data, target = application(name, args.samples)
+        if args.keep_float:
+            x = data[0] if isinstance(data, tuple) else data
+            calibration, held = x[:target["max_samples"]], x[target["max_samples"]:]
+            compare_sets(model, calibration, held, {"all int8": {}, **{f"keep_float={p!r}": {"keep_float": p}
+                                                                       for p in args.keep_float}})
+            continue
         started = time.perf_counter()
         result = analysis.auto_mixed_precision(model, data, max_steps=args.max_steps, **target)
         seconds = time.perf_counter() - started
