@@ -214,7 +214,7 @@ def zero_fractions(model):
     return pruned, depthwise
 
 
-def measure(name, samples=32):
+def measure(name, samples=32, prune=True):
     """Builds family `name` and runs it through prune, QAT int8 and PTQ int8.
 
     Returns:
@@ -226,8 +226,9 @@ def measure(name, samples=32):
     model, x = build(name, samples=samples)
     result = {"name": name, "params": int(model.count_params())}
     try:
-        pruned, depthwise = zero_fractions(run_prune(model, x))
-        result["prune"] = {"pruned": pruned, "depthwise": depthwise}
+        if prune:
+            pruned, depthwise = zero_fractions(run_prune(model, x))
+            result["prune"] = {"pruned": pruned, "depthwise": depthwise}
     except Exception as error:  # noqa: BLE001 - the table reports failures
         result["prune"] = {"error": f"{type(error).__name__}: {error}"}
     for path, fn in (("qat", run_qat), ("ptq", run_ptq)):
@@ -245,8 +246,10 @@ def measure(name, samples=32):
 
 def _row(result, samples):
     cells = []
-    prune = result["prune"]
-    if "error" in prune:
+    prune = result.get("prune")
+    if prune is None:
+        cells.append("not run (--no-prune)")
+    elif "error" in prune:
         cells.append(f"FAIL {prune['error'][:80]}")
     else:
         values = [fraction for fraction, _ in prune["pruned"].values()]
@@ -272,6 +275,7 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated family names (default: all)")
     parser.add_argument("--samples", type=int, default=32, help="images to train, calibrate and compare on")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
+    parser.add_argument("--no-prune", action="store_true", help="only the QAT and post-training int8 paths")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -285,7 +289,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     results = []
     for name in names:
-        results.append(measure(name, args.samples))
+        results.append(measure(name, args.samples, prune=not args.no_prune))
         print(_row(results[-1], args.samples), flush=True)
         keras.backend.clear_session()
         if args.json:

@@ -1,4 +1,5 @@
-"""Every `keras.applications` family through prune, QAT int8 and post-training int8 (issue 6).
+"""Every `keras.applications` family through prune, QAT int8 and post-training int8 (issue 6; the two largest
+graphs through QAT and post-training int8 only, see PRUNED_ELSEWHERE).
 
 The smallest member of each family (benchmarks/coverage.py builds them: weights=None, small inputs,
 logits out, a few training steps), the same 32 images as the coverage table in benchmarks/RESULTS.md.
@@ -37,10 +38,17 @@ def _agrees(measured, min_sqnr_db, min_top1):
     return measured["sqnr_db"] >= min_sqnr_db and (measured["top1"] is None or measured["top1"] >= min_top1)
 
 
+# The two largest graphs skip the prune path here, to keep CI under 40 minutes: their kernels are Conv2D, Dense and
+# SeparableConv2D pointwise kernels, which the other families' runs prune and check (Xception: SeparableConv2D;
+# every family: Conv2D and Dense). `benchmarks/coverage.py` still prunes them for the RESULTS.md table.
+PRUNED_ELSEWHERE = {"InceptionResNetV2", "NASNetMobile"}
+
+
 def _measure(name, tmp_path):
     out = tmp_path / "coverage.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    proc = subprocess.run([sys.executable, str(COVERAGE), "--only", name, "--json", str(out)],
+    flags = ["--no-prune"] if name in PRUNED_ELSEWHERE else []
+    proc = subprocess.run([sys.executable, str(COVERAGE), "--only", name, "--json", str(out), *flags],
                           capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(out.read_text())
@@ -52,15 +60,17 @@ def _measure(name, tmp_path):
 def test_family_prunes_quantizes_and_converts(name, tmp_path):
     result = _measure(name, tmp_path)
     known = KNOWN_MISMATCHES.get(name, set())
-    for path in ("prune", "qat", "ptq"):
+    paths = ("qat", "ptq") if name in PRUNED_ELSEWHERE else ("prune", "qat", "ptq")
+    for path in paths:
         assert "error" not in result[path], f"{path}: {result[path].get('error')}"
 
-    pruned, depthwise = result["prune"]["pruned"], result["prune"]["depthwise"]
-    assert pruned
-    for layer, (zeros, size) in pruned.items():
-        assert abs(zeros - 0.5) <= max(0.01, 1 / size), f"{layer}: {zeros:.3f} zeros"
-    for layer, (zeros, _) in depthwise.items():
-        assert zeros < 0.05, f"{layer}: depthwise kernels are not pruned by default (as in tfmot)"
+    if "prune" in paths:
+        pruned, depthwise = result["prune"]["pruned"], result["prune"]["depthwise"]
+        assert pruned
+        for layer, (zeros, size) in pruned.items():
+            assert abs(zeros - 0.5) <= max(0.01, 1 / size), f"{layer}: {zeros:.3f} zeros"
+        for layer, (zeros, _) in depthwise.items():
+            assert zeros < 0.05, f"{layer}: depthwise kernels are not pruned by default (as in tfmot)"
 
     # Both files are full int8, or to_tflite raised. QAT: its own strict validation, and again here in
     # LiteRT (a broken scale gives 0-3 dB, tests/convert).
