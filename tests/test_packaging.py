@@ -46,7 +46,7 @@ def test_wheel_in_a_fresh_venv_with_the_oldest_pair_runs_the_demo_and_the_cli(tm
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
     python, kopt = venv / "bin" / "python", venv / "bin" / "kopt"
-    _run([str(python), "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[demo,onnx]", "pytest",
+    _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[demo,onnx]", "pytest",
           f"tensorflow=={bounds['tensorflow']}.*", f"keras=={bounds['keras']}.*"], tmp_path, env)
     installed = _run([str(python), "-c", "import tensorflow, keras, kopt; "
                       "print(tensorflow.__version__, keras.__version__, kopt.__file__)"], tmp_path, env).split()
