@@ -229,10 +229,6 @@ class SelectiveQuantizer:
         with contextlib.redirect_stdout(io.StringIO()):
             return self.debugger.get_nondebug_quantized_model()
 
-    def decode_name(self, tensor):
-        """`tensor` (a name of the coded export) with each layer code replaced by the layer's name."""
-        return decode_name(tensor, self.codes)
-
     def decode(self, content):
         """The file `content` with its tensors named after the Keras layers again (not their codes)."""
         return decode_file(content, self.codes)
